@@ -1,0 +1,65 @@
+"""Field-level encryption of the tokens in a connection item.
+
+The table is encrypted at rest by DynamoDB; on top of that the refresh and access tokens are
+sealed with KMS under the connection id as encryption context, so read access to the table alone
+reveals no token, and a sealed value copied onto another connection's item does not decrypt.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tokenkeeper.errors import StoreError
+
+__all__ = ["SealedTokens", "KmsTokenCipher"]
+
+ENCRYPTION_CONTEXT_KEY = "connection_id"
+
+
+@dataclass(frozen=True)
+class SealedTokens:
+    """The plaintext tokens of one connection version."""
+
+    refresh_token: str = field(repr=False)
+    access_token: str | None = field(default=None, repr=False)
+
+
+class KmsTokenCipher:
+    """Seal and open :class:`SealedTokens` with one KMS key; one KMS call per operation."""
+
+    def __init__(self, kms_client, key_id: str):
+        self._kms = kms_client
+        self._key_id = key_id
+
+    def seal(self, connection_id: str, tokens: SealedTokens) -> bytes:
+        plaintext = json.dumps({"r": tokens.refresh_token, "a": tokens.access_token}, separators=(",", ":"))
+        try:
+            answer = self._kms.encrypt(
+                KeyId=self._key_id,
+                Plaintext=plaintext.encode("utf-8"),
+                EncryptionContext={ENCRYPTION_CONTEXT_KEY: connection_id},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"KMS could not encrypt the tokens ({_code(exc)}).", connection_id=connection_id) from None
+        return answer["CiphertextBlob"]
+
+    def open(self, connection_id: str, blob: bytes) -> SealedTokens:
+        try:
+            answer = self._kms.decrypt(
+                CiphertextBlob=blob,
+                KeyId=self._key_id,
+                EncryptionContext={ENCRYPTION_CONTEXT_KEY: connection_id},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"KMS could not decrypt the tokens ({_code(exc)}).", connection_id=connection_id) from None
+        data = json.loads(answer["Plaintext"])
+        return SealedTokens(refresh_token=data["r"], access_token=data.get("a"))
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code", "ClientError")
+    return type(exc).__name__

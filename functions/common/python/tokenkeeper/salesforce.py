@@ -1,0 +1,359 @@
+"""Salesforce's OAuth endpoints: token, introspect and revoke, and their errors.
+
+Each call here is one HTTP request without retries. The refresh protocol decides what to retry,
+because only it knows whether a retry could replay a rotated refresh token. Responses and
+request bodies are never logged: both carry tokens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlencode
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from tokenkeeper.errors import (
+    ClientCredentialsError,
+    EgressBlockedError,
+    ProxyAuthenticationError,
+    ProxyConnectionError,
+    ProxyUrlError,
+    ReauthorizationRequiredError,
+    SalesforceHostError,
+    SalesforceOAuthError,
+    SalesforceResponseError,
+    SalesforceUnavailableError,
+    TokenBusyError,
+)
+from tokenkeeper.transport import PROXY_URL_NAME, ProxyUrl
+
+__all__ = ["ClientCredentials", "TokenResponse", "SalesforceClient", "validate_token_host"]
+
+TOKEN_PATH = "/services/oauth2/token"
+INTROSPECT_PATH = "/services/oauth2/introspect"
+REVOKE_PATH = "/services/oauth2/revoke"
+LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
+MY_DOMAIN_SUFFIX = ".my.salesforce.com"
+# Larger token responses are not plausible; a bigger body is an error page or garbage.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """The External Client App's consumer key and secret."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    """A successful token endpoint answer. ``refresh_token`` and ``instance_url`` may be absent."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    instance_url: str | None
+    issued_at: str | None
+    identity_url: str | None
+    scope: str | None
+
+    @property
+    def org_id(self) -> str | None:
+        return _identity_part(self.identity_url, -2)
+
+    @property
+    def user_id(self) -> str | None:
+        return _identity_part(self.identity_url, -1)
+
+
+def _identity_part(identity_url: str | None, index: int) -> str | None:
+    if not identity_url:
+        return None
+    parts = identity_url.rstrip("/").split("/")
+    return parts[index] if len(parts) >= 3 else None
+
+
+def validate_token_host(host: str, *, allow_loopback: bool = False) -> str:
+    """Return ``host`` if client credentials and tokens may be sent to it, else raise.
+
+    Only Salesforce login hosts qualify: ``login.salesforce.com``, ``test.salesforce.com`` and My
+    Domain hosts under ``my.salesforce.com``, sandboxes included. A loopback address with a port
+    is accepted only when ``allow_loopback`` is set, which only the local emulator setup does.
+    """
+    if not isinstance(host, str) or not host:
+        raise SalesforceHostError("The token host is missing; use login.salesforce.com, test.salesforce.com or a My Domain host.")
+    normalized = host.strip().lower().rstrip(".")
+    if normalized in LOGIN_HOSTS or (
+        normalized.endswith(MY_DOMAIN_SUFFIX) and len(normalized) > len(MY_DOMAIN_SUFFIX) and _is_dns_name(normalized)
+    ):
+        return normalized
+    if allow_loopback and _is_loopback_with_port(normalized):
+        return normalized
+    raise SalesforceHostError(
+        f"The token host {host!r} is not a Salesforce login host; use login.salesforce.com, "
+        "test.salesforce.com or the org's My Domain host (NAME.my.salesforce.com)."
+    )
+
+
+def _is_dns_name(host: str) -> bool:
+    return all(label and label.replace("-", "").isalnum() for label in host.split("."))
+
+
+def _is_loopback_with_port(host: str) -> bool:
+    address, _, port = host.rpartition(":")
+    if not port.isdigit():
+        return False
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class SalesforceClient:
+    """Send OAuth requests to Salesforce through one pool and translate the answers.
+
+    ``credentials`` is a callable so that a rotated client secret is picked up from the secrets
+    cache without rebuilding the client.
+    """
+
+    def __init__(
+        self,
+        pool: urllib3.PoolManager,
+        credentials: Callable[[], ClientCredentials],
+        *,
+        proxy: ProxyUrl | None = None,
+        allow_loopback_hosts: bool = False,
+    ):
+        self._pool = pool
+        self._credentials = credentials
+        self._proxy = proxy
+        self._allow_loopback_hosts = allow_loopback_hosts
+
+    def redeem_refresh_token(self, host: str, refresh_token: str) -> TokenResponse:
+        """Redeem ``refresh_token`` once. Under rotation the old token is invalid from here on."""
+        credentials = self._credentials()
+        fields = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
+            "format": "json",
+        }
+        return _token_response(self._post(host, TOKEN_PATH, fields))
+
+    def exchange_code(self, host: str, code: str, *, code_verifier: str, redirect_uri: str) -> TokenResponse:
+        """Exchange an authorization code for the first tokens of a chain (web server flow + PKCE)."""
+        credentials = self._credentials()
+        fields = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "code_verifier": code_verifier,
+            "redirect_uri": redirect_uri,
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
+            "format": "json",
+        }
+        return _token_response(self._post(host, TOKEN_PATH, fields))
+
+    def introspect(self, host: str, token: str, *, token_type_hint: str = "access_token") -> dict:
+        """Return the introspection fields (``active``, ``exp`` and others) of ``token``."""
+        credentials = self._credentials()
+        fields = {
+            "token": token,
+            "token_type_hint": token_type_hint,
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret,
+        }
+        body = self._post(host, INTROSPECT_PATH, fields)
+        if not isinstance(body, dict) or not isinstance(body.get("active"), bool):
+            raise SalesforceResponseError("The introspection response has no boolean 'active' field.")
+        return body
+
+    def revoke(self, host: str, token: str) -> None:
+        """Revoke ``token``; revoking a refresh token also revokes its access tokens."""
+        self._post(host, REVOKE_PATH, {"token": token}, expect_json=False)
+
+    def _post(self, host: str, path: str, fields: dict, *, expect_json: bool = True):
+        host = validate_token_host(host, allow_loopback=self._allow_loopback_hosts)
+        url = f"https://{host}{path}"
+        try:
+            response = self._pool.request(
+                "POST",
+                url,
+                body=urlencode(fields),
+                headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+                redirect=False,
+                preload_content=False,
+            )
+        except HTTPError as exc:
+            raise self._translate_transport_error(exc, host) from None
+        try:
+            data = response.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+        except (ProtocolError, ReadTimeoutError) as exc:
+            raise SalesforceUnavailableError(
+                f"The connection to {host} broke while reading the response ({type(exc).__name__}); "
+                "Salesforce may have processed the request.",
+                ambiguous=True,
+            ) from None
+        finally:
+            response.release_conn()
+        return _interpret(response.status, response.headers.get("Content-Type", ""), data, host, expect_json)
+
+    def _translate_transport_error(self, exc: HTTPError, host: str) -> Exception:
+        proxy_text = self._proxy.masked if self._proxy else "the proxy"
+        detail = str(exc)
+        if isinstance(exc, ProxyError) or "Tunnel connection failed" in detail:
+            if "407" in detail:
+                return ProxyAuthenticationError(
+                    f"The proxy {proxy_text} answered 407 Proxy Authentication Required: the user name "
+                    f"or password in {PROXY_URL_NAME} is wrong. Copy both from the QuotaGuard dashboard "
+                    "into the proxy URL secret."
+                )
+            if _is_wrong_tls_version(exc) and self._proxy and self._proxy.scheme == "https":
+                return ProxyUrlError(
+                    f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
+                    "use http:// for QuotaGuard Static or the Shield URL for a TLS proxy."
+                )
+            return ProxyConnectionError(
+                f"The proxy {proxy_text} could not open a tunnel to {host} ({_reason(exc)}); nothing reached "
+                "Salesforce. Check the proxy host and port, and QuotaGuard's status page."
+            )
+        if isinstance(exc, (ConnectTimeoutError, NewConnectionError)):
+            return ProxyConnectionError(
+                f"Could not connect through {proxy_text} to {host} ({_reason(exc)}); nothing reached Salesforce."
+            )
+        if isinstance(exc, SSLError):
+            if _is_wrong_tls_version(exc) and self._proxy and self._proxy.scheme == "https":
+                return ProxyUrlError(
+                    f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
+                    "use http:// for QuotaGuard Static or the Shield URL for a TLS proxy."
+                )
+            return ProxyConnectionError(
+                f"TLS to {host} failed ({_reason(exc)}); the certificate could not be verified, so no "
+                "credential was sent."
+            )
+        if isinstance(exc, ReadTimeoutError):
+            return SalesforceUnavailableError(
+                f"{host} did not answer within the read timeout; Salesforce may have processed the request.",
+                ambiguous=True,
+            )
+        if isinstance(exc, ProtocolError):
+            return SalesforceUnavailableError(
+                f"The connection to {host} was dropped after the request was sent; Salesforce may have "
+                "processed the request.",
+                ambiguous=True,
+            )
+        return SalesforceUnavailableError(f"The request to {host} failed ({type(exc).__name__}).", ambiguous=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """Describe ``exc`` by its innermost cause's type, which carries no URL or credential."""
+    inner = exc
+    while getattr(inner, "reason", None) is not None and isinstance(inner.reason, BaseException):
+        inner = inner.reason
+    while inner.__context__ is not None and inner.__context__ is not inner:
+        inner = inner.__context__
+    return type(inner).__name__
+
+
+def _is_wrong_tls_version(exc: BaseException) -> bool:
+    seen = exc
+    for _ in range(6):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(seen):
+            return True
+        if "WRONG_VERSION_NUMBER" in str(seen):
+            return True
+        seen = getattr(seen, "reason", None) or seen.__context__ or seen.__cause__
+    return False
+
+
+def _interpret(status: int, content_type: str, data: bytes, host: str, expect_json: bool):
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise SalesforceResponseError(f"{host} answered HTTP {status} with a body over {MAX_RESPONSE_BYTES} bytes.")
+    if status >= 500 or status == 429:
+        raise SalesforceUnavailableError(f"{host} answered HTTP {status}; the request will be retried.", ambiguous=True)
+    if status == 200 and not expect_json:
+        return None
+    try:
+        body = json.loads(data.decode("utf-8")) if data else None
+    except (UnicodeDecodeError, ValueError):
+        body = None
+    if not isinstance(body, dict):
+        raise SalesforceResponseError(
+            f"{host} answered HTTP {status} with a body that is not a JSON object "
+            f"(Content-Type {content_type or 'missing'}); a proxy or gateway error page is likely."
+        )
+    if status == 200:
+        return body
+    raise _oauth_error(status, body, host)
+
+
+def _oauth_error(status: int, body: dict, host: str) -> Exception:
+    error = body.get("error") if isinstance(body.get("error"), str) else ""
+    description = body.get("error_description") if isinstance(body.get("error_description"), str) else ""
+    lowered = description.lower()
+    said = f"{error}: {description}" if description else error or f"HTTP {status}"
+
+    if error == "invalid_grant" and "ip restricted" in lowered:
+        return EgressBlockedError(
+            f"Salesforce blocked the request by source address ({said}). Register both QuotaGuard static "
+            "IPs on the External Client App's Refresh Token IP Allowlist, and check the request went "
+            f"through the proxy in {PROXY_URL_NAME}."
+        )
+    if error == "invalid_grant" and "already being processed" in lowered:
+        return TokenBusyError(f"Salesforce is still processing another redemption of this refresh token ({said}).")
+    if error in {"invalid_client", "invalid_client_id"}:
+        return ClientCredentialsError(
+            f"Salesforce rejected the client credentials ({said}); check the consumer key and secret in "
+            "the client credentials secret against the External Client App."
+        )
+    if error in {"inactive_user", "inactive_org"} or (
+        error == "invalid_grant" and ("expired" in lowered or "authentication failure" in lowered or "revoked" in lowered)
+    ):
+        return ReauthorizationRequiredError(
+            f"Salesforce no longer accepts this refresh token ({said}); the subscriber must authorize the app again.",
+            error=error,
+            error_description=description,
+        )
+    if error == "rate_limit_exceeded":
+        return SalesforceUnavailableError(f"Salesforce rate-limited the request ({said}).", ambiguous=False)
+    return SalesforceOAuthError(
+        f"Salesforce rejected the request with HTTP {status} ({said}).",
+        error=error,
+        error_description=description,
+        status=status,
+    )
+
+
+def _token_response(body: dict) -> TokenResponse:
+    access_token = body.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise SalesforceResponseError("The token response has no access_token.")
+
+    def optional_text(name: str) -> str | None:
+        value = body.get(name)
+        return value if isinstance(value, str) and value else None
+
+    return TokenResponse(
+        access_token=access_token,
+        refresh_token=optional_text("refresh_token"),
+        instance_url=optional_text("instance_url"),
+        issued_at=optional_text("issued_at"),
+        identity_url=optional_text("id"),
+        scope=optional_text("scope"),
+    )

@@ -1,0 +1,86 @@
+"""The refresh function: return a valid access token for one connection.
+
+Invoked by other Lambdas with ``{"connection_id": "...", "min_ttl_seconds": 300, "force": false}``.
+Returns ``{"ok": true, "access_token", "instance_url", "expires_at", "source", "version"}`` or
+``{"ok": false, "error": {"kind", "type", "message", "retryable", ...}}``. Errors are returned,
+not raised, so callers get the typed error and Lambda's own error count stays for real faults.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tokenkeeper.config import Settings
+from tokenkeeper.errors import InvalidEventError, TokenKeeperError
+from tokenkeeper.observability import logger, metrics, tracer
+from tokenkeeper.refresher import MAX_MIN_TTL_SECONDS
+from tokenkeeper.runtime import Runtime
+
+DEFAULT_MIN_TTL_SECONDS = 300
+EVENT_FIELDS = {"connection_id", "min_ttl_seconds", "force"}
+CONNECTION_ID_MAX_LENGTH = 200
+CONNECTION_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """Build the container's runtime on first use; a configuration error is raised per invocation."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(Settings.from_environment())
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Replace the container's runtime, as the local world does to aim it at local endpoints."""
+    global _runtime
+    _runtime = runtime
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler(capture_response=False)
+def handler(event: dict, context: LambdaContext) -> dict:
+    try:
+        request = parse_event(event)
+        logger.append_keys(connection_id=request["connection_id"])
+        token = get_runtime().refresher().get_token(
+            request["connection_id"], min_ttl_seconds=request["min_ttl_seconds"], force=request["force"]
+        )
+    except TokenKeeperError as exc:
+        logger.warning("Token request failed", extra={"error_kind": exc.kind, "reason": exc.message})
+        return {"ok": False, "error": exc.to_payload()}
+    logger.info("Token request served", extra={"source": token.source, "version": token.version})
+    return {"ok": True, **token.to_payload()}
+
+
+def parse_event(event) -> dict:
+    """Validate the invocation event and fill defaults; raise :class:`InvalidEventError` naming the field."""
+    if not isinstance(event, dict):
+        raise InvalidEventError(
+            f"The event must be a JSON object like {{\"connection_id\": \"org-1\"}}, got {type(event).__name__}."
+        )
+    unknown = sorted(set(event) - EVENT_FIELDS)
+    if unknown:
+        raise InvalidEventError(
+            f"The event has unknown fields {', '.join(map(repr, unknown))}; allowed are "
+            f"{', '.join(sorted(EVENT_FIELDS))}."
+        )
+    connection_id = event.get("connection_id")
+    if not isinstance(connection_id, str) or not connection_id:
+        raise InvalidEventError(f"connection_id is missing or not a string (got {connection_id!r}); pass the connection's id.")
+    if len(connection_id) > CONNECTION_ID_MAX_LENGTH or not set(connection_id) <= CONNECTION_ID_CHARACTERS:
+        raise InvalidEventError(
+            f"connection_id {connection_id[:CONNECTION_ID_MAX_LENGTH]!r} is invalid; use up to {CONNECTION_ID_MAX_LENGTH} "
+            "letters, digits and . _ : - characters."
+        )
+    min_ttl = event.get("min_ttl_seconds", DEFAULT_MIN_TTL_SECONDS)
+    if isinstance(min_ttl, bool) or not isinstance(min_ttl, int) or not 0 <= min_ttl <= MAX_MIN_TTL_SECONDS:
+        raise InvalidEventError(
+            f"min_ttl_seconds={min_ttl!r} is invalid; pass a whole number of seconds from 0 to {MAX_MIN_TTL_SECONDS}."
+        )
+    force = event.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidEventError(f"force={force!r} is invalid; pass true or false.")
+    return {"connection_id": connection_id, "min_ttl_seconds": min_ttl, "force": force}
