@@ -26,6 +26,7 @@ import localworld  # noqa: F401  (puts the shared code on sys.path)
 from localworld.aws import LocalAws, create_token_table
 from localworld.clock import OffsetClock
 from localworld.forward_proxy import LocalProxy
+from localworld.leakcheck import register_world
 from localworld.salesforce import SalesforceEmulator
 from tokenkeeper.config import Settings
 from tokenkeeper.runtime import Runtime
@@ -86,6 +87,7 @@ class LocalWorld:
         self.stop()
 
     def start(self) -> "LocalWorld":
+        register_world(self)
         authority = trustme.CA()
         authority.cert_pem.write_to_path(str(self.ca_path))
         server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

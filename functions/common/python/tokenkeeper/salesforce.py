@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +21,6 @@ from urllib3.exceptions import (
     HTTPError,
     NewConnectionError,
     ProtocolError,
-    ProxyError,
     ReadTimeoutError,
     SSLError,
 )
@@ -213,73 +213,84 @@ class SalesforceClient:
         return _interpret(response.status, response.headers.get("Content-Type", ""), data, host, expect_json)
 
     def _translate_transport_error(self, exc: HTTPError, host: str) -> Exception:
+        """Map a urllib3 failure to the product's error, deciding whether Salesforce may have acted.
+
+        urllib3 reports some failures inside an established tunnel as ``ProxyError`` too (it
+        forgets that the tunnel was up once the connection is closed), so the decision rests on
+        the innermost cause: only a refused, unreachable or timed-out connection, or a tunnel the
+        proxy declined, proves that the request never reached Salesforce. Anything else counts
+        as ambiguous.
+        """
         proxy_text = self._proxy.masked if self._proxy else "the proxy"
-        detail = str(exc)
-        if isinstance(exc, ProxyError) or "Tunnel connection failed" in detail:
-            if "407" in detail:
-                return ProxyAuthenticationError(
-                    f"The proxy {proxy_text} answered 407 Proxy Authentication Required: the user name "
-                    f"or password in {PROXY_URL_NAME} is wrong. Copy both from the QuotaGuard dashboard "
-                    "into the proxy URL secret."
-                )
-            if _is_wrong_tls_version(exc) and self._proxy and self._proxy.scheme == "https":
-                return ProxyUrlError(
-                    f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
-                    "use http:// for QuotaGuard Static or the Shield URL for a TLS proxy."
-                )
-            return ProxyConnectionError(
-                f"The proxy {proxy_text} could not open a tunnel to {host} ({_reason(exc)}); nothing reached "
-                "Salesforce. Check the proxy host and port, and QuotaGuard's status page."
+        causes = _causes(exc)
+        detail = " ".join(str(cause) for cause in causes)
+
+        if "Tunnel connection failed: 407" in detail:
+            return ProxyAuthenticationError(
+                f"The proxy {proxy_text} answered 407 Proxy Authentication Required: the user name "
+                f"or password in {PROXY_URL_NAME} is wrong. Copy both from the QuotaGuard dashboard "
+                "into the proxy URL secret."
             )
-        if isinstance(exc, (ConnectTimeoutError, NewConnectionError)):
-            return ProxyConnectionError(
-                f"Could not connect through {proxy_text} to {host} ({_reason(exc)}); nothing reached Salesforce."
+        if "WRONG_VERSION_NUMBER" in detail and self._proxy is not None and self._proxy.scheme == "https":
+            return ProxyUrlError(
+                f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
+                "use http:// for QuotaGuard Static, or the TLS endpoint QuotaGuard Shield gives."
             )
-        if isinstance(exc, SSLError):
-            if _is_wrong_tls_version(exc) and self._proxy and self._proxy.scheme == "https":
-                return ProxyUrlError(
-                    f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
-                    "use http:// for QuotaGuard Static or the Shield URL for a TLS proxy."
-                )
+        if "Tunnel connection failed" in detail:
             return ProxyConnectionError(
-                f"TLS to {host} failed ({_reason(exc)}); the certificate could not be verified, so no "
+                f"The proxy {proxy_text} declined to open a tunnel to {host} ({_tunnel_status(detail)}); "
+                "nothing reached Salesforce. Check QuotaGuard's status page."
+            )
+        if any(isinstance(cause, _NOT_SENT) for cause in causes):
+            return ProxyConnectionError(
+                f"Could not connect through {proxy_text} to {host} ({_reason(causes)}); nothing reached "
+                "Salesforce. Check the proxy host and port in the proxy URL secret."
+            )
+        if isinstance(exc, SSLError) or any(isinstance(cause, ssl.SSLCertVerificationError) for cause in causes):
+            return ProxyConnectionError(
+                f"TLS to {host} failed ({_reason(causes)}); the certificate could not be verified, so no "
                 "credential was sent."
             )
-        if isinstance(exc, ReadTimeoutError):
+        if isinstance(exc, ReadTimeoutError) or any(isinstance(cause, ReadTimeoutError) for cause in causes):
             return SalesforceUnavailableError(
                 f"{host} did not answer within the read timeout; Salesforce may have processed the request.",
                 ambiguous=True,
             )
-        if isinstance(exc, ProtocolError):
-            return SalesforceUnavailableError(
-                f"The connection to {host} was dropped after the request was sent; Salesforce may have "
-                "processed the request.",
-                ambiguous=True,
-            )
-        return SalesforceUnavailableError(f"The request to {host} failed ({type(exc).__name__}).", ambiguous=True)
+        return SalesforceUnavailableError(
+            f"The connection to {host} broke after the request was sent ({_reason(causes)}); Salesforce "
+            "may have processed the request.",
+            ambiguous=True,
+        )
 
 
-def _reason(exc: BaseException) -> str:
-    """Describe ``exc`` by its innermost cause's type, which carries no URL or credential."""
-    inner = exc
-    while getattr(inner, "reason", None) is not None and isinstance(inner.reason, BaseException):
-        inner = inner.reason
-    while inner.__context__ is not None and inner.__context__ is not inner:
-        inner = inner.__context__
-    return type(inner).__name__
+# Failures that happen before any byte of the request can reach Salesforce.
+_NOT_SENT = (ConnectTimeoutError, NewConnectionError, ConnectionRefusedError, socket.gaierror)
 
 
-def _is_wrong_tls_version(exc: BaseException) -> bool:
-    seen = exc
-    for _ in range(6):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(seen):
-            return True
-        if "WRONG_VERSION_NUMBER" in str(seen):
-            return True
-        seen = getattr(seen, "reason", None) or seen.__context__ or seen.__cause__
-    return False
+def _causes(exc: BaseException) -> list[BaseException]:
+    """Return ``exc`` and the errors it wraps, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            current = reason
+        elif current.args and isinstance(current.args[-1], BaseException):
+            current = current.args[-1]
+        else:
+            current = current.__cause__ or current.__context__
+    return chain
+
+
+def _tunnel_status(detail: str) -> str:
+    _, _, status = detail.partition("Tunnel connection failed: ")
+    return status.split(")")[0].split("'")[0].strip() or "no status"
+
+
+def _reason(causes: list[BaseException]) -> str:
+    """Name the innermost cause by its type, which carries no URL or credential."""
+    return type(causes[-1]).__name__
 
 
 def _interpret(status: int, content_type: str, data: bytes, host: str, expect_json: bool):

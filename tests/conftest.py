@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite: the local world, and the scan of all output for secrets.
+
+Every test's captured stdout and stderr (Powertools JSON logs and EMF metrics go there) and every
+log record of every logger are checked for every secret the suite used: the client secret, the
+proxy password in plain and percent-encoded form, and every token the Salesforce emulator issued.
+Any hit fails the test that produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import localworld  # noqa: F401  (puts the shared code on sys.path)
+from localworld.leakcheck import assert_no_secrets
+from localworld.world import LocalWorld
+
+
+class _RecordCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.texts.append(f"{record.getMessage()} {record.__dict__!r}")
+
+
+@pytest.fixture(scope="session")
+def world():
+    with LocalWorld() as local_world:
+        yield local_world
+
+
+@pytest.fixture
+def fresh_world(world):
+    """The session's world with faults, counters, allowlist and proxy URL back to their defaults."""
+    world.salesforce.clear_faults()
+    world.salesforce.set_allowed_source_addresses(world.proxy.egress_addresses)
+    world.salesforce.reset_stats()
+    world.set_proxy_url(world.proxy.url())
+    yield world
+    world.salesforce.clear_faults()
+    world.salesforce.set_allowed_source_addresses(world.proxy.egress_addresses)
+
+
+@pytest.fixture(autouse=True)
+def scan_output_for_secrets(capfd):
+    collector = _RecordCollector()
+    watched = [logging.getLogger(), logging.getLogger("tokenkeeper")]
+    for logger in watched:
+        logger.addHandler(collector)
+    yield
+    for logger in watched:
+        logger.removeHandler(collector)
+    out, err = capfd.readouterr()
+    for text in [out, err, *collector.texts]:
+        assert_no_secrets(text)
