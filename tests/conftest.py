@@ -8,6 +8,7 @@ Any hit fails the test that produced it.
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 import localworld  # noqa: F401  (puts the shared code on sys.path)
 from localworld.leakcheck import assert_no_secrets
 from localworld.world import LocalWorld
+from tokenkeeper.observability import logger as product_logger
 
 
 class _RecordCollector(logging.Handler):
@@ -45,14 +47,24 @@ def fresh_world(world):
 
 
 @pytest.fixture(autouse=True)
-def scan_output_for_secrets(capfd):
+def product_log(capfd):
+    """Capture the product's formatted JSON log lines; after the test, scan all output for secrets.
+
+    Powertools' handler keeps the stream it was created with, so the stream is swapped for a
+    buffer here, then the lines are passed on to it for pytest's report.
+    """
+    handler = product_logger.registered_handler
+    buffer = io.StringIO()
+    previous_stream = handler.setStream(buffer)
     collector = _RecordCollector()
     watched = [logging.getLogger(), logging.getLogger("tokenkeeper")]
     for logger in watched:
         logger.addHandler(collector)
-    yield
+    yield buffer
     for logger in watched:
         logger.removeHandler(collector)
+    handler.setStream(previous_stream)
+    previous_stream.write(buffer.getvalue())
     out, err = capfd.readouterr()
-    for text in [out, err, *collector.texts]:
+    for text in [buffer.getvalue(), out, err, *collector.texts]:
         assert_no_secrets(text)

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tokenkeeper.config import Settings
 from tokenkeeper.errors import InvalidEventError, TokenKeeperError
-from tokenkeeper.observability import logger, metrics, tracer
+from tokenkeeper.observability import METRIC_REQUESTS, count, logger, metrics, tracer
 from tokenkeeper.refresher import MAX_MIN_TTL_SECONDS
 from tokenkeeper.runtime import Runtime
 
@@ -42,6 +42,7 @@ def set_runtime(runtime: Runtime | None) -> None:
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict, context: LambdaContext) -> dict:
+    count(METRIC_REQUESTS)
     try:
         request = parse_event(event)
         logger.append_keys(connection_id=request["connection_id"])

@@ -18,6 +18,7 @@ __all__ = [
     "tracer",
     "count",
     "count_failure",
+    "METRIC_REQUESTS",
     "METRIC_REDEMPTIONS",
     "METRIC_CACHE_HITS",
     "METRIC_FAILURES",
@@ -28,6 +29,7 @@ __all__ = [
 SERVICE = "tokenkeeper"
 NAMESPACE = "TokenKeeper"
 
+METRIC_REQUESTS = "TokenRequests"
 METRIC_REDEMPTIONS = "Redemptions"
 METRIC_CACHE_HITS = "CacheHits"
 METRIC_FAILURES = "RedemptionFailures"
