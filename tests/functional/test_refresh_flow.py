@@ -12,6 +12,7 @@ from tokenkeeper.errors import (
     ConnectionNotFoundError,
     EgressBlockedError,
     ProxyAuthenticationError,
+    ProxyConnectionError,
     ReauthorizationRequiredError,
     SalesforceUnavailableError,
 )
@@ -285,3 +286,35 @@ def test_tokens_are_encrypted_in_the_item(fresh_world, seeded):
     assert stored.refresh_token not in flattened
     assert stored.access_token not in flattened
     assert set(raw["tokens"]) == {"B"}
+
+
+def test_read_timeout_is_reported_as_ambiguous(fresh_world, seeded):
+    runtime = fresh_world.runtime(read_timeout_seconds=0.5, redeem_attempts=1)
+    old_token = runtime.store.get(seeded).refresh_token
+    fresh_world.salesforce.latency_seconds = 1.5
+
+    with pytest.raises(SalesforceUnavailableError) as caught:
+        runtime.refresher().get_token(seeded)
+
+    assert caught.value.ambiguous is True
+    assert "may have processed" in str(caught.value)
+    after = runtime.store.get(seeded)
+    assert after.version == 1
+    assert after.consecutive_failures == 1
+    assert fresh_world.wait_for(lambda: fresh_world.salesforce.chain_state(old_token) == "rotated", timeout=5)
+
+
+def test_unreachable_proxy_is_safe_and_retried(fresh_world, seeded):
+    runtime = fresh_world.runtime()
+    fresh_world.set_proxy_url(fresh_world.proxy.url().rsplit(":", 1)[0] + ":9")
+
+    with pytest.raises(ProxyConnectionError) as caught:
+        runtime.refresher().get_token(seeded)
+
+    assert "nothing reached Salesforce" in str(caught.value)
+    assert fresh_world.salesforce.stats.token_requests == 0
+    after = runtime.store.get(seeded)
+    assert after.version == 1
+    assert after.consecutive_failures == 1
+    assert after.last_error_kind == "proxy_unreachable"
+    assert_no_secrets(str(caught.value))
