@@ -630,7 +630,8 @@ def test_code_exchange_rejects_redirect_uri_mismatch(emulator, pool):
         CLIENT_ID, redirect_uri=REDIRECT_URI, code_challenge=challenge
     )
 
-    response = exchange_code(pool, code, verifier, redirect_uri="https://other.example.com/callback")
+    other_uri = "https://other.example.com/callback"
+    response = exchange_code(pool, code, verifier, redirect_uri=other_uri)
 
     assert response.status == 400
     assert error_of(response)[0] == "invalid_grant"
