@@ -630,7 +630,7 @@ def test_pinned_requirement_missing_raises(tmp_path):
 
 
 def test_grant_invoke_refresh_on_consumer_role(variant):
-    # The stack method is the one other stacks call; it must not grant qualified ARNs.
+    # Other stacks call this stack method, and it must grant the unqualified ARN only.
     statements = [
         statement
         for body in variant.resources("AWS::IAM::Policy").values()

@@ -1,0 +1,1 @@
+"""AWS CDK infrastructure of the Salesforce token keeper: one construct per capability."""
