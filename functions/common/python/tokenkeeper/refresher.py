@@ -242,7 +242,7 @@ class TokenRefresher:
                 self._sleep(self._backoff(attempt, REDEEM_BACKOFF_BASE_SECONDS, REDEEM_BACKOFF_CAP_SECONDS))
                 newer = self._store.get(connection_id)
                 if newer is not None and newer.version > record.version:
-                    # Somebody stored a newer version meanwhile; ours is a stale read.
+                    # Another caller stored a newer version meanwhile, so this read is stale.
                     self._store.release_lease(connection_id, owner=owner)
                     return self._read_newer(newer)
 

@@ -95,7 +95,8 @@ class Runtime:
 
     def refresher(self) -> TokenRefresher:
         """Return the container's refresher, bound to the current Salesforce client."""
-        salesforce = self.salesforce()
+        # Building the Salesforce client first validates the proxy URL at the container's first use.
+        self.salesforce()
         with self._lock:
             if self._refresher is None:
                 self._refresher = TokenRefresher(

@@ -31,7 +31,7 @@ STATUS_DISABLED = "disabled"
 STATUS_REVOKED = "revoked"
 STATUSES = (STATUS_ACTIVE, STATUS_REAUTHORIZATION_REQUIRED, STATUS_DISABLED, STATUS_REVOKED)
 
-# The heartbeat's sparse index: items carry HEARTBEAT_PARTITION only while active.
+# The heartbeat's sparse index: items carry heartbeat_partition only while their status is active.
 HEARTBEAT_INDEX = "heartbeat-due"
 HEARTBEAT_PARTITION_VALUE = "active"
 RESCUE_PREFIX = "rescue#"
@@ -247,7 +247,7 @@ class ConnectionStore:
         )
 
     def mark_reauthorization_required(self, connection_id: str, *, version: int, error_kind: str, now: float) -> bool:
-        """Mark the chain dead, only if nobody stored a newer version meanwhile."""
+        """Mark the chain dead, only if no other caller stored a newer version meanwhile."""
         return self._conditional_update(
             connection_id,
             UpdateExpression=(
