@@ -22,6 +22,7 @@ from infra.functions import METRICS_NAMESPACE, SERVICE_NAME
 
 __all__ = ["TokenKeeperMonitoring", "ALARMED_FAILURE_KINDS"]
 
+METRIC_REQUESTS = "TokenRequests"
 METRIC_REDEMPTIONS = "Redemptions"
 METRIC_CACHE_HITS = "CacheHits"
 METRIC_FAILURES = "RedemptionFailures"
@@ -174,7 +175,7 @@ class TokenKeeperMonitoring(Construct):
         self.add_alarm(
             "TokensRescued",
             metric=custom_metric(METRIC_TOKENS_RESCUED),
-            description="A rotated token could not be stored, so it was written to a rescue record. Restore it.",
+            description="A rotated token could not be written to its connection item. See the refresh logs.",
         )
 
     def _add_dashboard_widgets(self, function: lambda_.IFunction, dlq: sqs.IQueue) -> None:
@@ -189,8 +190,12 @@ class TokenKeeperMonitoring(Construct):
         )
         self.dashboard.add_widgets(
             cloudwatch.GraphWidget(
-                title="Redemptions and cache hits",
-                left=[custom_metric(METRIC_REDEMPTIONS), custom_metric(METRIC_CACHE_HITS)],
+                title="Token requests, redemptions and cache hits",
+                left=[
+                    custom_metric(METRIC_REQUESTS),
+                    custom_metric(METRIC_REDEMPTIONS),
+                    custom_metric(METRIC_CACHE_HITS),
+                ],
                 width=12,
             ),
             cloudwatch.GraphWidget(title="Redemption failures by kind", left=[all_failures], width=12),

@@ -67,6 +67,13 @@ class TokenKeeperStack(Stack):
             export_name=f"{self.stack_name}-RefreshFunctionArn",
         )
         CfnOutput(self, "RefreshFunctionName", value=self.functions.refresh.function_name)
+        # Not exported: every change publishes a new layer version, and an imported export cannot change.
+        CfnOutput(
+            self,
+            "SharedLayerArn",
+            value=self.functions.shared_layer.layer_version_arn,
+            description="Layer with the tokenkeeper package, for callers that use tokenkeeper.client",
+        )
         CfnOutput(self, "TableName", value=self.storage.table.table_name)
         CfnOutput(
             self,

@@ -424,9 +424,22 @@ def test_dashboard_shows_the_alarmed_figures(synthesized):
     _, dashboard = synthesized.only("AWS::CloudWatch::Dashboard")
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
 
-    for metric in ("Redemptions", "CacheHits", "RedemptionFailures", "TokensRescued"):
+    for metric in ("TokenRequests", "Redemptions", "CacheHits", "RedemptionFailures", "TokensRescued"):
         assert metric in body
     assert dashboard["Properties"]["DashboardName"] == "TokenKeeper"
+
+
+def test_metric_names_match_runtime():
+    from infra import monitoring
+    from tokenkeeper import observability
+
+    assert monitoring.METRICS_NAMESPACE == observability.NAMESPACE
+    assert monitoring.SERVICE_NAME == observability.SERVICE
+    assert monitoring.METRIC_REQUESTS == observability.METRIC_REQUESTS
+    assert monitoring.METRIC_REDEMPTIONS == observability.METRIC_REDEMPTIONS
+    assert monitoring.METRIC_CACHE_HITS == observability.METRIC_CACHE_HITS
+    assert monitoring.METRIC_FAILURES == observability.METRIC_FAILURES
+    assert monitoring.METRIC_TOKENS_RESCUED == observability.METRIC_TOKENS_RESCUED
 
 
 def test_alarmed_failure_kinds_exist_in_runtime():
