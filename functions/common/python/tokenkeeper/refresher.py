@@ -40,7 +40,7 @@ from tokenkeeper.errors import (
 from tokenkeeper.salesforce import SalesforceClient, TokenResponse
 from tokenkeeper.store import STATUS_ACTIVE, Connection, ConnectionStore
 
-__all__ = ["AccessToken", "TokenRefresher", "SOURCE_MEMORY", "SOURCE_STORE", "SOURCE_REDEEMED"]
+__all__ = ["AccessToken", "KeepAliveResult", "TokenRefresher", "SOURCE_MEMORY", "SOURCE_STORE", "SOURCE_REDEEMED"]
 
 SOURCE_MEMORY = "memory"
 SOURCE_STORE = "store"
@@ -74,6 +74,18 @@ class AccessToken:
             "source": self.source,
             "version": self.version,
         }
+
+
+@dataclass(frozen=True)
+class KeepAliveResult:
+    """The result of :meth:`TokenRefresher.keep_alive` for one connection."""
+
+    connection_id: str
+    # False when the connection was redeemed after the cutoff by someone else; nothing was sent.
+    redeemed: bool
+    version: int
+    # ``consecutive_failures`` on the item as this call first read it.
+    failures_before: int
 
 
 class TokenRefresher:
@@ -144,6 +156,47 @@ class TokenRefresher:
                     f"Another caller held the refresh lease of connection {connection_id!r} for longer than "
                     f"{self._settings.max_wait_seconds:g} s; try again, and check the refresh function's logs "
                     "for a slow or failing redemption.",
+                    connection_id=connection_id,
+                )
+            self._sleep(min(remaining, self._backoff(waits, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)))
+            waits += 1
+
+    def keep_alive(self, connection_id: str, *, due_before: float) -> KeepAliveResult:
+        """Redeem the refresh token if it was last redeemed before ``due_before`` (epoch seconds).
+
+        This is :meth:`get_token`'s lease and compare-and-swap path with another freshness test:
+        a connection counts as fresh by ``last_redeemed_at``, not by its access token, because
+        Salesforce's idle window only restarts when the refresh token is used. A connection that
+        a caller redeemed meanwhile, before or while this call waited for the lease, is skipped.
+        """
+        _check_arguments(connection_id, 0, False)
+        deadline = self._clock() + self._settings.max_wait_seconds
+        failures_before: int | None = None
+        waits = 0
+        while True:
+            record = self._read_active(connection_id)
+            if failures_before is None:
+                failures_before = record.consecutive_failures
+            if (record.last_redeemed_at or 0.0) >= due_before:
+                return KeepAliveResult(connection_id, False, record.version, failures_before)
+
+            now = self._clock()
+            if not record.lease_is_live(now):
+                owner = f"{self._instance_id}/{uuid.uuid4().hex[:12]}"
+                lease_until = now + self._settings.lease_seconds
+                if self._store.acquire_lease(
+                    connection_id, version=record.version, owner=owner, until=lease_until, now=now
+                ):
+                    token = self._redeem_under_lease(record, owner, lease_until)
+                    # A stale read ends in the newer version someone else stored, not a redemption.
+                    redeemed = token.source == SOURCE_REDEEMED
+                    return KeepAliveResult(connection_id, redeemed, token.version, failures_before)
+
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise LeaseWaitTimeoutError(
+                    f"Another caller held the refresh lease of connection {connection_id!r} for longer than "
+                    f"{self._settings.max_wait_seconds:g} s; the next heartbeat run tries again.",
                     connection_id=connection_id,
                 )
             self._sleep(min(remaining, self._backoff(waits, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)))
