@@ -10,7 +10,8 @@ NODE_STAMP := node_modules/.installed
 # or instance metadata look-ups.
 export CDK_DISABLE_VERSION_CHECK := 1
 export CDK_DISABLE_CLI_TELEMETRY := true
-export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 1
+# jsii reads a comma-separated list of Node.js major versions whose end-of-life banner it skips.
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export AWS_EC2_METADATA_DISABLED := true
 CDK := npx --no-install cdk --no-notices
 

@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 import uuid
+from urllib.parse import unquote
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable
@@ -82,7 +83,7 @@ class LocalLambdaApi:
 
         class InvokeHandler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (name fixed by http.server)
-                match = INVOKE_PATH.match(self.path.split("?", 1)[0])
+                match = INVOKE_PATH.match(unquote(self.path.split("?", 1)[0]))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
                 if not match or match.group("name").rsplit(":", 1)[-1] not in handlers:

@@ -9,8 +9,8 @@ import pytest
 
 from localworld.lambdas import LocalContext, LocalLambdaApi, load_function
 from localworld.leakcheck import assert_no_secrets
-from tokenkeeper.client import RefreshFunctionError, TokenKeeperClient
-from tokenkeeper.errors import ConnectionNotFoundError, EgressBlockedError, InvalidEventError
+from tokenkeeper.client import TokenKeeperClient
+from tokenkeeper.errors import ConfigurationError, ConnectionNotFoundError, EgressBlockedError, InvalidEventError
 
 
 @pytest.fixture
@@ -148,7 +148,20 @@ def test_client_reports_unknown_function(fresh_world, lambda_api):
         "no-such-function", lambda_client=fresh_world.aws.client("lambda", endpoint_url=lambda_api.endpoint_url)
     )
 
-    with pytest.raises(RefreshFunctionError) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         client.get_access_token("org-1")
 
     assert "no-such-function" in str(caught.value)
+    assert "not found" in str(caught.value)
+    assert caught.value.retryable is False
+
+
+def test_client_accepts_function_arn(fresh_world, lambda_api, connection_id):
+    client = TokenKeeperClient(
+        "arn:aws:lambda:us-east-1:123456789012:function:tokenkeeper-refresh",
+        lambda_client=fresh_world.aws.client("lambda", endpoint_url=lambda_api.endpoint_url),
+    )
+
+    token = client.get_access_token(connection_id)
+
+    assert token.connection_id == connection_id

@@ -14,7 +14,7 @@ import json
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tokenkeeper.errors import ERROR_CLASSES_BY_KIND, TokenKeeperError
+from tokenkeeper.errors import ERROR_CLASSES_BY_KIND, ConfigurationError, TokenKeeperError
 from tokenkeeper.refresher import AccessToken
 
 __all__ = ["TokenKeeperClient", "RefreshFunctionError"]
@@ -46,11 +46,7 @@ class TokenKeeperClient:
                 Payload=json.dumps(event).encode("utf-8"),
             )
         except (ClientError, BotoCoreError) as exc:
-            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else type(exc).__name__
-            raise RefreshFunctionError(
-                f"Invoking {self._function_name!r} failed ({code}); check the caller's lambda:InvokeFunction permission.",
-                connection_id=connection_id,
-            ) from None
+            raise self._invoke_error(exc, connection_id) from None
 
         raw = answer["Payload"].read()
         if answer.get("FunctionError"):
@@ -74,6 +70,23 @@ class TokenKeeperClient:
                 version=int(body["version"]),
             )
         raise _error_from_payload(body.get("error") or {}, connection_id)
+
+
+    def _invoke_error(self, exc: Exception, connection_id: str) -> TokenKeeperError:
+        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else type(exc).__name__
+        if code == "ResourceNotFoundException":
+            return ConfigurationError(
+                f"The refresh function {self._function_name!r} was not found; pass the RefreshFunctionName or "
+                "RefreshFunctionArn output of the deployed stack.",
+                connection_id=connection_id,
+            )
+        if code in {"AccessDeniedException", "AccessDenied"}:
+            return ConfigurationError(
+                f"The caller may not invoke {self._function_name!r}; grant it lambda:InvokeFunction with the "
+                "stack's grant_invoke_refresh method.",
+                connection_id=connection_id,
+            )
+        return RefreshFunctionError(f"Invoking {self._function_name!r} failed ({code}).", connection_id=connection_id)
 
 
 def _error_from_payload(payload: dict, connection_id: str) -> TokenKeeperError:
