@@ -2,6 +2,7 @@
 
 It runs proxy.py in a child process with Basic authentication, so wrong credentials get 407, and
 with :mod:`localworld.egress`, so upstream connections leave from 127.0.0.2 and 127.0.0.3 in turn.
+Given a certificate and key, proxy.py speaks TLS on its listening socket, like QuotaGuard Shield.
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ START_TIMEOUT_SECONDS = 30.0
 class LocalProxy:
     """proxy.py on 127.0.0.1 with a free port, Basic auth and the alternating egress pair."""
 
-    def __init__(self, username: str, password: str, *, workdir: Path | None = None):
+    def __init__(
+        self,
+        username: str,
+        password: str,
+        *,
+        workdir: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+    ):
         self.username = username
         self.password = password
+        self._tls_files = (cert_file, key_file) if cert_file and key_file else None
         self._workdir = Path(workdir or tempfile.mkdtemp(prefix="localproxy-"))
         self._port_file = self._workdir / "proxy.port"
         self.tunnel_log = self._workdir / "tunnels.log"
@@ -37,8 +47,14 @@ class LocalProxy:
     def egress_addresses(self) -> tuple[str, ...]:
         return EGRESS_ADDRESSES
 
-    def url(self, *, username: str | None = None, password: str | None = None, scheme: str = "http") -> str:
+    @property
+    def scheme(self) -> str:
+        """``https`` when the proxy speaks TLS to its clients, else ``http``."""
+        return "https" if self._tls_files else "http"
+
+    def url(self, *, username: str | None = None, password: str | None = None, scheme: str | None = None) -> str:
         """Return the proxy URL with percent-encoded credentials, as QuotaGuard shows it."""
+        scheme = scheme or self.scheme
         user = quote(username if username is not None else self.username, safe="")
         secret = quote(password if password is not None else self.password, safe="")
         return f"{scheme}://{user}:{secret}@127.0.0.1:{self.port}"
@@ -60,6 +76,8 @@ class LocalProxy:
             "--timeout", "30",
             "--log-level", "CRITICAL",
         ]
+        if self._tls_files:
+            command += ["--cert-file", str(self._tls_files[0]), "--key-file", str(self._tls_files[1])]
         self._process = subprocess.Popen(
             command, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -7,6 +7,8 @@
 
 Everything listens on 127.0.0.1 with free ports: moto for AWS, proxy.py for QuotaGuard Static
 (egress from 127.0.0.2 and 127.0.0.3), and the Salesforce emulator over HTTPS with a local CA.
+:meth:`LocalWorld.start_tls_proxy` and :meth:`LocalWorld.start_socks_proxy` add, on first use, a
+TLS proxy like QuotaGuard Shield and a SOCKS5 proxy, with the same credentials and egress pair.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from localworld.clock import OffsetClock
 from localworld.forward_proxy import LocalProxy
 from localworld.leakcheck import register_world
 from localworld.salesforce import SalesforceEmulator
+from localworld.socks import LocalSocksProxy
 from tokenkeeper.config import Settings
 from tokenkeeper.runtime import Runtime
 from tokenkeeper.store import STATUS_ACTIVE, Connection
@@ -67,6 +70,9 @@ class LocalWorld:
         self.aws = LocalAws()
         self.proxy = LocalProxy(PROXY_USERNAME, self.secrets.proxy_password, workdir=self._workdir)
         self.salesforce: SalesforceEmulator | None = None
+        self.tls_proxy: LocalProxy | None = None
+        self.socks_proxy: LocalSocksProxy | None = None
+        self._authority: trustme.CA | None = None
         self.ca_path = self._workdir / "ca.pem"
         self.key_id = ""
         self.client_secret_arn = ""
@@ -89,6 +95,7 @@ class LocalWorld:
     def start(self) -> "LocalWorld":
         register_world(self)
         authority = trustme.CA()
+        self._authority = authority
         authority.cert_pem.write_to_path(str(self.ca_path))
         server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         authority.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
@@ -113,6 +120,32 @@ class LocalWorld:
             component = self._started.pop()
             component.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def start_tls_proxy(self) -> LocalProxy:
+        """Start, once, proxy.py speaking TLS to its clients with a certificate from the local CA."""
+        if self.tls_proxy is None:
+            assert self._authority is not None
+            workdir = self._workdir / "tls-proxy"
+            workdir.mkdir()
+            cert_file, key_file = workdir / "proxy-cert.pem", workdir / "proxy-key.pem"
+            certificate = self._authority.issue_cert("127.0.0.1", "localhost")
+            certificate.cert_chain_pems[0].write_to_path(str(cert_file))
+            certificate.private_key_pem.write_to_path(str(key_file))
+            proxy = LocalProxy(
+                PROXY_USERNAME, self.secrets.proxy_password, workdir=workdir, cert_file=cert_file, key_file=key_file
+            )
+            proxy.start()
+            self._started.append(proxy)
+            self.tls_proxy = proxy
+        return self.tls_proxy
+
+    def start_socks_proxy(self) -> LocalSocksProxy:
+        """Start, once, the SOCKS5 proxy with the world's proxy user name and password."""
+        if self.socks_proxy is None:
+            proxy = LocalSocksProxy(PROXY_USERNAME, self.secrets.proxy_password).start()
+            self._started.append(proxy)
+            self.socks_proxy = proxy
+        return self.socks_proxy
 
     def _provision_aws(self) -> None:
         self.key_id = self.aws.client("kms").create_key(Description="tokenkeeper token encryption")["KeyMetadata"]["Arn"]

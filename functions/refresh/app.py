@@ -4,6 +4,11 @@ Invoked by other Lambdas with ``{"connection_id": "...", "min_ttl_seconds": 300,
 Returns ``{"ok": true, "access_token", "instance_url", "expires_at", "source", "version"}`` or
 ``{"ok": false, "error": {"kind", "type", "message", "retryable", ...}}``. Errors are returned,
 not raised, so callers get the typed error and Lambda's own error count stays for real faults.
+
+An event with an ``"action"`` field runs one of the operator's actions instead, for example
+``{"action": "show", "connection_id": "org-1"}``, and returns ``{"ok": true, "action", "result"}``;
+:data:`tokenkeeper.operations.ACTIONS` lists the actions and their fields. Action results never
+contain a token.
 """
 
 from __future__ import annotations
@@ -13,13 +18,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tokenkeeper.config import Settings
 from tokenkeeper.errors import InvalidEventError, TokenKeeperError
 from tokenkeeper.observability import METRIC_REQUESTS, count, logger, metrics, tracer
+from tokenkeeper.operations import Operations, parse_action_request, run_action, validate_connection_id
 from tokenkeeper.refresher import MAX_MIN_TTL_SECONDS
 from tokenkeeper.runtime import Runtime
 
 DEFAULT_MIN_TTL_SECONDS = 300
 EVENT_FIELDS = {"connection_id", "min_ttl_seconds", "force"}
-CONNECTION_ID_MAX_LENGTH = 200
-CONNECTION_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 
 _runtime: Runtime | None = None
 
@@ -42,6 +46,8 @@ def set_runtime(runtime: Runtime | None) -> None:
 @metrics.log_metrics
 @tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict, context: LambdaContext) -> dict:
+    if isinstance(event, dict) and "action" in event:
+        return _run_action(event)
     count(METRIC_REQUESTS)
     try:
         request = parse_event(event)
@@ -56,6 +62,18 @@ def handler(event: dict, context: LambdaContext) -> dict:
     return {"ok": True, **token.to_payload()}
 
 
+def _run_action(event: dict) -> dict:
+    try:
+        name, arguments = parse_action_request(event)
+        logger.append_keys(action=name)
+        result = run_action(Operations(get_runtime()), name, arguments)
+    except TokenKeeperError as exc:
+        logger.warning("Action failed", extra={"error_kind": exc.kind, "reason": exc.message})
+        return {"ok": False, "error": exc.to_payload()}
+    logger.info("Action finished")
+    return {"ok": True, "action": name, "result": result}
+
+
 def parse_event(event) -> dict:
     """Validate the invocation event and fill defaults; raise :class:`InvalidEventError` naming the field."""
     if not isinstance(event, dict):
@@ -68,14 +86,7 @@ def parse_event(event) -> dict:
             f"The event has unknown fields {', '.join(map(repr, unknown))}; allowed are "
             f"{', '.join(sorted(EVENT_FIELDS))}."
         )
-    connection_id = event.get("connection_id")
-    if not isinstance(connection_id, str) or not connection_id:
-        raise InvalidEventError(f"connection_id is missing or not a string (got {connection_id!r}); pass the connection's id.")
-    if len(connection_id) > CONNECTION_ID_MAX_LENGTH or not set(connection_id) <= CONNECTION_ID_CHARACTERS:
-        raise InvalidEventError(
-            f"connection_id {connection_id[:CONNECTION_ID_MAX_LENGTH]!r} is invalid; use up to {CONNECTION_ID_MAX_LENGTH} "
-            "letters, digits and . _ : - characters."
-        )
+    connection_id = validate_connection_id(event.get("connection_id"))
     min_ttl = event.get("min_ttl_seconds", DEFAULT_MIN_TTL_SECONDS)
     if isinstance(min_ttl, bool) or not isinstance(min_ttl, int) or not 0 <= min_ttl <= MAX_MIN_TTL_SECONDS:
         raise InvalidEventError(

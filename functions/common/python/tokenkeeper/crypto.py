@@ -47,6 +47,26 @@ class KmsTokenCipher:
         return answer["CiphertextBlob"]
 
     def open(self, connection_id: str, blob: bytes) -> SealedTokens:
+        data = json.loads(self._decrypt(connection_id, blob))
+        return SealedTokens(refresh_token=data["r"], access_token=data.get("a"))
+
+    def seal_text(self, context_id: str, text: str) -> bytes:
+        """Seal one secret string, such as a PKCE code verifier, under ``context_id``."""
+        try:
+            answer = self._kms.encrypt(
+                KeyId=self._key_id,
+                Plaintext=text.encode("utf-8"),
+                EncryptionContext={ENCRYPTION_CONTEXT_KEY: context_id},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"KMS could not encrypt a value ({_code(exc)}).", connection_id=context_id) from None
+        return answer["CiphertextBlob"]
+
+    def open_text(self, context_id: str, blob: bytes) -> str:
+        """Open a string sealed by :meth:`seal_text` under the same ``context_id``."""
+        return self._decrypt(context_id, blob).decode("utf-8")
+
+    def _decrypt(self, connection_id: str, blob: bytes) -> bytes:
         try:
             answer = self._kms.decrypt(
                 CiphertextBlob=blob,
@@ -55,8 +75,7 @@ class KmsTokenCipher:
             )
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"KMS could not decrypt the tokens ({_code(exc)}).", connection_id=connection_id) from None
-        data = json.loads(answer["Plaintext"])
-        return SealedTokens(refresh_token=data["r"], access_token=data.get("a"))
+        return answer["Plaintext"]
 
 
 def _code(exc: Exception) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "ConnectionNotFoundError",
     "ConnectionExistsError",
     "ConnectionInactiveError",
+    "AuthorizationStateError",
     "ReauthorizationRequiredError",
     "TokenBusyError",
     "LeaseWaitTimeoutError",
@@ -131,6 +132,12 @@ class ConnectionInactiveError(TokenKeeperError):
         return payload
 
 
+class AuthorizationStateError(TokenKeeperError):
+    """The ``state`` of an authorization redirect matches no pending authorization, or it expired."""
+
+    kind = "authorization_state_invalid"
+
+
 class ReauthorizationRequiredError(TokenKeeperError):
     """The refresh token chain is dead; the subscriber must authorize the app again."""
 
@@ -237,6 +244,7 @@ ERROR_CLASSES_BY_KIND: dict[str, type[TokenKeeperError]] = {
         ConnectionNotFoundError,
         ConnectionExistsError,
         ConnectionInactiveError,
+        AuthorizationStateError,
         ReauthorizationRequiredError,
         TokenBusyError,
         LeaseWaitTimeoutError,

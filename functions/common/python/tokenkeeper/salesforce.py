@@ -13,7 +13,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from urllib3.exceptions import (
@@ -27,6 +27,7 @@ from urllib3.exceptions import (
 
 from tokenkeeper.errors import (
     ClientCredentialsError,
+    ConfigurationError,
     EgressBlockedError,
     ProxyAuthenticationError,
     ProxyConnectionError,
@@ -186,6 +187,35 @@ class SalesforceClient:
         """Revoke ``token``; revoking a refresh token also revokes its access tokens."""
         self._post(host, REVOKE_PATH, {"token": token}, expect_json=False)
 
+    def fetch_egress_address(self, url: str) -> str:
+        """Request an IP echo service through the proxy and return the source address it saw.
+
+        The service must return ``{"ip": "<address>"}`` over HTTPS, as ``https://ip.quotaguard.com``
+        does. No client credential is sent. A pool keeps tunnels alive, and a tunnel keeps its
+        egress address, so a caller that wants to see every address uses a new client per call.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigurationError(f"The IP echo URL {url!r} is invalid; use an https:// URL such as https://ip.quotaguard.com.")
+        host = parts.netloc.rpartition("@")[2]
+        try:
+            response = self._pool.request(
+                "GET",
+                url,
+                headers={"Accept": "application/json"},
+                redirect=False,
+                preload_content=False,
+            )
+        except HTTPError as exc:
+            raise self._translate_transport_error(exc, host) from None
+        try:
+            data = response.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+        except (ProtocolError, ReadTimeoutError) as exc:
+            raise SalesforceUnavailableError(f"The connection to {host} broke while reading the response ({type(exc).__name__}).") from None
+        finally:
+            response.release_conn()
+        return _echoed_address(response.status, data, host)
+
     def _post(self, host: str, path: str, fields: dict, *, expect_json: bool = True):
         host = validate_token_host(host, allow_loopback=self._allow_loopback_hosts)
         url = f"https://{host}{path}"
@@ -231,10 +261,22 @@ class SalesforceClient:
                 f"or password in {PROXY_URL_NAME} is wrong. Copy both from the QuotaGuard dashboard "
                 "into the proxy URL secret."
             )
-        if "WRONG_VERSION_NUMBER" in detail and self._proxy is not None and self._proxy.scheme == "https":
-            return ProxyUrlError(
-                f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
-                "use http:// for QuotaGuard Static, or the TLS endpoint QuotaGuard Shield gives."
+        if _is_tls_proxy_handshake_failure(self._proxy, causes):
+            if _proxy_answered_plain_http(detail):
+                return ProxyUrlError(
+                    f"{PROXY_URL_NAME} uses the https:// scheme but {proxy_text} does not speak TLS; "
+                    "use http:// for QuotaGuard Static, or the TLS endpoint QuotaGuard Shield gives."
+                )
+            return ProxyConnectionError(
+                f"The TLS handshake with the proxy {proxy_text} failed ({_reason(causes)}), so nothing reached "
+                f"Salesforce. {PROXY_URL_NAME} uses the https:// scheme, which needs a proxy that speaks TLS "
+                "(QuotaGuard Shield); for QuotaGuard Static use http://."
+            )
+        # PySocks is optional (only the socks5 schemes need it), so its error is matched by name.
+        if any(type(cause).__name__ == "SOCKS5AuthError" for cause in causes):
+            return ProxyAuthenticationError(
+                f"The SOCKS5 proxy {proxy_text} rejected the user name or password in {PROXY_URL_NAME}. "
+                "Copy both from the QuotaGuard dashboard into the proxy URL secret."
             )
         if "Tunnel connection failed" in detail:
             return ProxyConnectionError(
@@ -265,6 +307,29 @@ class SalesforceClient:
 
 # Failures that happen before any byte of the request can reach Salesforce.
 _NOT_SENT = (ConnectTimeoutError, NewConnectionError, ConnectionRefusedError, socket.gaierror)
+# urllib3 (2.x) wraps a failure with this message only while the connection to the proxy itself
+# is being set up: for an https:// proxy that includes the TLS handshake with the proxy.
+_PROXY_SETUP_FAILED = "Unable to connect to proxy"
+# Phrases of OpenSSL's error when a TLS client receives a plain HTTP response (urllib3 matches them too).
+_PLAIN_HTTP_SIGNS = ("wrong version number", "wrong_version_number", "unknown protocol", "record layer failure")
+
+
+def _is_tls_proxy_handshake_failure(proxy: ProxyUrl | None, causes: list[BaseException]) -> bool:
+    """Tell whether the TLS handshake with an https:// proxy failed, before any tunnel existed.
+
+    A plain HTTP proxy either responds to the TLS ClientHello with an HTTP error (OpenSSL then reports
+    a wrong version number) or waits for a complete HTTP request line, so the handshake times out.
+    """
+    if proxy is None or proxy.scheme != "https":
+        return False
+    if not (causes and _PROXY_SETUP_FAILED in str(causes[0])):
+        return False
+    return any(isinstance(cause, (ssl.SSLError, SSLError, TimeoutError, socket.timeout)) for cause in causes[1:])
+
+
+def _proxy_answered_plain_http(detail: str) -> bool:
+    lowered = detail.lower()
+    return any(sign in lowered for sign in _PLAIN_HTTP_SIGNS)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -281,6 +346,22 @@ def _causes(exc: BaseException) -> list[BaseException]:
         else:
             current = current.__cause__ or current.__context__
     return chain
+
+
+def _echoed_address(status: int, data: bytes, host: str) -> str:
+    if status == 407:
+        raise ProxyAuthenticationError(
+            f"The proxy returned 407 Proxy Authentication Required: the user name or password in {PROXY_URL_NAME} is wrong."
+        )
+    if status != 200:
+        raise SalesforceResponseError(f"The IP echo service at {host} returned HTTP {status}; check the echo URL.")
+    try:
+        body = json.loads(data.decode("utf-8"))
+        return str(ipaddress.ip_address(body["ip"]))
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError):
+        raise SalesforceResponseError(
+            f"The IP echo service at {host} did not return a JSON object like {{\"ip\": \"203.0.113.10\"}}."
+        ) from None
 
 
 def _tunnel_status(detail: str) -> str:

@@ -144,7 +144,13 @@ def build_pool(
         "block": False,
     }
     if proxy.scheme.startswith("socks5"):
-        from urllib3.contrib.socks import SOCKSProxyManager
+        try:
+            from urllib3.contrib.socks import SOCKSProxyManager
+        except ImportError:
+            raise ProxyUrlError(
+                f"{PROXY_URL_NAME} uses the {proxy.scheme}:// scheme, which needs the PySocks package; "
+                "install it next to urllib3 (pip install 'urllib3[socks]'), or use an http:// or https:// proxy URL."
+            ) from None
 
         return SOCKSProxyManager(
             f"{proxy.scheme}://{proxy._host_for_url}:{proxy.port}",
