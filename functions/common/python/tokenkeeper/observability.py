@@ -24,6 +24,16 @@ __all__ = [
     "METRIC_FAILURES",
     "METRIC_LEASE_WAITS",
     "METRIC_TOKENS_RESCUED",
+    "METRIC_ANNOUNCEMENTS_FAILED",
+    "METRIC_HEARTBEAT_DUE",
+    "METRIC_HEARTBEAT_REFRESHED",
+    "METRIC_HEARTBEAT_SKIPPED",
+    "METRIC_HEARTBEAT_FAILED",
+    "METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED",
+    "METRIC_HEARTBEAT_RECOVERED",
+    "METRIC_HEARTBEAT_NOT_STARTED",
+    "METRIC_HEARTBEAT_ENQUEUED",
+    "METRIC_HEARTBEAT_OLDEST_IDLE",
 ]
 
 SERVICE = "tokenkeeper"
@@ -35,6 +45,20 @@ METRIC_CACHE_HITS = "CacheHits"
 METRIC_FAILURES = "RedemptionFailures"
 METRIC_LEASE_WAITS = "LeaseWaits"
 METRIC_TOKENS_RESCUED = "TokensRescued"
+METRIC_ANNOUNCEMENTS_FAILED = "AnnouncementsFailed"
+
+# One data point of each per heartbeat run (or per fan-out worker batch).
+METRIC_HEARTBEAT_DUE = "HeartbeatDue"
+METRIC_HEARTBEAT_REFRESHED = "HeartbeatRefreshed"
+METRIC_HEARTBEAT_SKIPPED = "HeartbeatSkipped"
+METRIC_HEARTBEAT_FAILED = "HeartbeatFailed"
+METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED = "HeartbeatReauthorizationRequired"
+METRIC_HEARTBEAT_RECOVERED = "HeartbeatRecovered"
+# Due connections a run left for the next one because its time ran out.
+METRIC_HEARTBEAT_NOT_STARTED = "HeartbeatNotStarted"
+METRIC_HEARTBEAT_ENQUEUED = "HeartbeatEnqueued"
+# Seconds since the least recently redeemed due connection was redeemed; alarm well before 30 days.
+METRIC_HEARTBEAT_OLDEST_IDLE = "HeartbeatOldestIdleSeconds"
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)

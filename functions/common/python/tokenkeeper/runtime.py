@@ -31,6 +31,8 @@ AWS_CLIENT_CONFIG = Config(
     retries={"max_attempts": 3, "mode": "standard"},
     max_pool_connections=64,
 )
+# Connections kept open per Salesforce host; a caller running N redemptions at once passes N.
+DEFAULT_POOL_MAXSIZE = 4
 
 
 class Runtime:
@@ -46,8 +48,10 @@ class Runtime:
         kms_client=None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        pool_maxsize: int = DEFAULT_POOL_MAXSIZE,
     ):
         self.settings = settings
+        self._pool_maxsize = pool_maxsize
         session = session or boto3.session.Session()
         self._dynamodb = dynamodb_client or session.client("dynamodb", config=AWS_CLIENT_CONFIG)
         self._kms = kms_client or session.client("kms", config=AWS_CLIENT_CONFIG)
@@ -80,6 +84,7 @@ class Runtime:
                     connect_timeout=self.settings.connect_timeout_seconds,
                     read_timeout=self.settings.read_timeout_seconds,
                     ca_certs=self.settings.ca_bundle,
+                    maxsize=self._pool_maxsize,
                 )
                 self._salesforce = SalesforceClient(
                     pool,

@@ -23,6 +23,8 @@ __all__ = [
     "HEARTBEAT_INDEX",
     "Connection",
     "ConnectionStore",
+    "DueConnection",
+    "DuePage",
 ]
 
 STATUS_ACTIVE = "active"
@@ -71,6 +73,22 @@ class Connection:
         return bool(self.lease_owner) and (self.lease_expires_at or 0) > now
 
 
+@dataclass(frozen=True)
+class DueConnection:
+    """A key of the heartbeat index: which connection, and when it was last redeemed (epoch seconds)."""
+
+    connection_id: str
+    last_redeemed_at: float
+
+
+@dataclass(frozen=True)
+class DuePage:
+    """One page of due connections, oldest first; ``next_key`` is None on the last page."""
+
+    connections: list[DueConnection]
+    next_key: dict | None
+
+
 class ConnectionStore:
     """Read and conditionally write connection items; tokens are sealed with :class:`KmsTokenCipher`."""
 
@@ -86,6 +104,32 @@ class ConnectionStore:
         answer = self._call("GetItem", connection_id, Key=_key(connection_id), ConsistentRead=True)
         item = answer.get("Item")
         return self._from_item(item) if item else None
+
+    def query_due(self, idle_before: float, *, limit: int = 100, exclusive_start_key: dict | None = None) -> DuePage:
+        """Return active connections last redeemed before ``idle_before``, oldest first.
+
+        One Query on the sparse heartbeat index, never a Scan: only active items carry its
+        partition key. The index is eventually consistent, so a caller re-reads an item before
+        acting on it. Pass the returned ``next_key`` as ``exclusive_start_key`` for the next page.
+        """
+        request = {
+            "IndexName": HEARTBEAT_INDEX,
+            "KeyConditionExpression": "heartbeat_partition = :partition AND last_redeemed_at < :idle_before",
+            "ExpressionAttributeValues": {
+                ":partition": {"S": HEARTBEAT_PARTITION_VALUE},
+                ":idle_before": _number(float(idle_before)),
+            },
+            "ScanIndexForward": True,
+            "Limit": limit,
+        }
+        if exclusive_start_key:
+            request["ExclusiveStartKey"] = exclusive_start_key
+        answer = self._call("Query", None, **request)
+        connections = [
+            DueConnection(item["connection_id"]["S"], float(item["last_redeemed_at"]["N"]))
+            for item in answer.get("Items", [])
+        ]
+        return DuePage(connections, answer.get("LastEvaluatedKey"))
 
     # Creation ---------------------------------------------------------------------------------
 
@@ -372,7 +416,7 @@ class ConnectionStore:
             return False
         return True
 
-    def _call(self, operation: str, connection_id: str, **request) -> dict:
+    def _call(self, operation: str, connection_id: str | None, **request) -> dict:
         method = getattr(self._db, _SNAKE[operation])
         try:
             return method(TableName=self._table, **request)
@@ -394,7 +438,7 @@ class _ConditionFailed(Exception):
     """A conditional write's condition was false."""
 
 
-_SNAKE = {"GetItem": "get_item", "PutItem": "put_item", "UpdateItem": "update_item"}
+_SNAKE = {"GetItem": "get_item", "PutItem": "put_item", "UpdateItem": "update_item", "Query": "query"}
 
 
 def _key(connection_id: str) -> dict:
