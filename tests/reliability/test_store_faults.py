@@ -6,6 +6,7 @@ never lost, and Salesforce saw no replay.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -236,3 +237,39 @@ def test_failing_reads_redeem_nothing(fresh_world, relay, connection_id, mode):
     assert fresh_world.salesforce.stats.token_requests == 0
     relay.clear()
     assert runtime.store.get(connection_id).version == 1
+
+
+def test_stalled_rotation_write_cannot_overwrite_newer(fresh_world, relay, connection_id, metric_counts):
+    # GIVEN a holder whose rotation write stalls in the network for 1.5 s
+    runtime = runtime_through(fresh_world, relay)
+    stale = runtime.store.get(connection_id)
+    fault = relay.inject("delay", target=UPDATE_ITEM, body_contains=ROTATION_WRITE, delay_seconds=1.5)
+    outcome: dict = {}
+    holder = threading.Thread(target=lambda: outcome.update(token=runtime.refresher().get_token(connection_id)))
+    holder.start()
+    assert fresh_world.wait_for(lambda: fault.applied == 1, timeout=10)
+
+    # WHEN another writer stores version 2 first
+    newer = fresh_world.runtime().store.save_rotation(
+        stale,
+        refresh_token="newer-writer-refresh-token",
+        access_token="newer-writer-access-token",
+        access_token_expires_at=fresh_world.clock() + 7200,
+        instance_url=None,
+        org_id=None,
+        user_id=None,
+        session_seconds=None,
+        now=fresh_world.clock(),
+    )
+    holder.join(timeout=30)
+
+    # THEN the stalled write fails its version condition and the holder's token goes to rescue
+    assert newer is not None
+    item = runtime.store.get(connection_id)
+    assert item.version == 2
+    assert item.refresh_token == "newer-writer-refresh-token"
+    rescued = runtime.store.get_rescue(connection_id, 2)
+    assert rescued is not None
+    assert rescued.refresh_token == fresh_world.salesforce.current_refresh_token_of(stale.refresh_token)
+    assert outcome["token"].source == SOURCE_REDEEMED
+    assert metric_counts[METRIC_TOKENS_RESCUED] == 1

@@ -52,6 +52,10 @@ BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 1.0
 REDEEM_BACKOFF_BASE_SECONDS = 0.5
 REDEEM_BACKOFF_CAP_SECONDS = 4.0
+# An estimate of the lease time one DynamoDB write may take, the SDK's own retries included.
+# NOTE: the runtime's AWS client may take longer (connect + read timeout per SDK attempt) when
+# DynamoDB hangs rather than fails; then the rescue write can land after the lease expired.
+WRITE_RESERVE_SECONDS = LEASE_MARGIN_SECONDS / 2
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,9 @@ class TokenRefresher:
         if rescued is not None:
             return self._adopt_rescue(record, rescued, owner)
 
-        ambiguous = False
+        # A lease left behind by another owner means that holder stopped mid-redemption, maybe
+        # after Salesforce rotated the token, so a rejection of it may be a rotation lost with it.
+        ambiguous = bool(record.lease_owner)
         last_error: TokenKeeperError | None = None
         for attempt in range(self._settings.redeem_attempts):
             lease_until = self._ensure_lease_time(record, owner, lease_until)
@@ -285,7 +291,7 @@ class TokenRefresher:
                 self._fail(record, owner, exc, count=False)
                 raise
             else:
-                return self._store_rotation(record, response)
+                return self._store_rotation(record, response, lease_until)
 
             obs.logger.warning(
                 "Redemption attempt failed",
@@ -335,7 +341,8 @@ class TokenRefresher:
             exc.rotation_lost_in_transit = True
             exc.message = (
                 f"Connection {connection_id!r}: the refresh token was rotated by a request whose answer was "
-                "lost in transit (a read timeout or a dropped connection), so the new token never arrived "
+                "lost in transit (a read timeout, a dropped connection, or a lease holder that stopped before "
+                "storing it), so the new token never arrived "
                 f"and Salesforce now rejects the old one ({exc.error}). The subscriber must authorize the app again."
             )
             exc.args = (exc.message,)
@@ -375,12 +382,12 @@ class TokenRefresher:
 
     # Storing the result -----------------------------------------------------------------------
 
-    def _store_rotation(self, record: Connection, response: TokenResponse) -> AccessToken:
+    def _store_rotation(self, record: Connection, response: TokenResponse, lease_until: float | None = None) -> AccessToken:
         connection_id = record.connection_id
         now = self._clock()
         session = record.session_seconds or self._settings.default_session_seconds
         refresh_token = response.refresh_token or record.refresh_token
-        saved = self._write_rotation(record, response, refresh_token, now + session, now)
+        saved = self._write_rotation(record, response, refresh_token, now + session, now, lease_until)
         if saved is None:
             self._rescue(record, refresh_token, response.access_token, now)
             answer = AccessToken(
@@ -406,12 +413,23 @@ class TokenRefresher:
         return self._remember(answer)
 
     def _write_rotation(
-        self, record: Connection, response: TokenResponse, refresh_token: str, expires_at: float, now: float
+        self,
+        record: Connection,
+        response: TokenResponse,
+        refresh_token: str,
+        expires_at: float,
+        now: float,
+        lease_until: float | None = None,
     ) -> Connection | None:
-        """Write version + 1, retrying transient store failures; None means it could not be written."""
+        """Write version + 1, retrying transient store failures; None means it could not be written.
+
+        Retries stop while the lease still has time for one more write and the rescue write, so
+        that the rescue record exists before another caller can take the expired lease and redeem
+        the rotated-out token.
+        """
         for attempt in range(STORE_WRITE_ATTEMPTS):
             try:
-                return self._store.save_rotation(
+                saved = self._store.save_rotation(
                     record,
                     refresh_token=refresh_token,
                     access_token=response.access_token,
@@ -424,11 +442,35 @@ class TokenRefresher:
                 )
             except StoreError as exc:
                 obs.logger.warning(
-                    "Storing the rotated token failed; retrying",
+                    "Storing the rotated token failed",
                     extra={"attempt": attempt + 1, "error_kind": exc.kind, "reason": exc.message},
                 )
-                self._sleep(self._backoff(attempt, BACKOFF_BASE_SECONDS * 4, BACKOFF_CAP_SECONDS * 2))
+                pause = self._backoff(attempt, BACKOFF_BASE_SECONDS * 4, BACKOFF_CAP_SECONDS * 2)
+                if lease_until is not None and self._clock() + pause + 2 * WRITE_RESERVE_SECONDS > lease_until:
+                    obs.logger.warning("The lease ends too soon for another attempt; rescuing the rotated token")
+                    return None
+                if attempt + 1 < STORE_WRITE_ATTEMPTS:
+                    self._sleep(pause)
+                continue
+            return saved if saved is not None else self._find_own_write(record, refresh_token, response.access_token)
         return None
+
+    def _find_own_write(self, record: Connection, refresh_token: str, access_token: str) -> Connection | None:
+        """Return the item if an earlier attempt of this write was applied, else None.
+
+        When a write's answer is lost, the SDK sends it again, and the repeat fails its version
+        condition although the first attempt already stored exactly this rotation.
+        """
+        try:
+            latest = self._store.get(record.connection_id)
+        except StoreError:
+            return None
+        if latest is None or latest.version != record.version + 1:
+            return None
+        if latest.refresh_token != refresh_token or latest.access_token != access_token:
+            return None
+        obs.logger.info("A repeated rotation write found its first attempt applied", extra={"version_after": latest.version})
+        return latest
 
     def _rescue(self, record: Connection, refresh_token: str, access_token: str, now: float) -> None:
         """Keep a rotated token that could not be stored on the item, so it is never dropped."""
