@@ -23,6 +23,8 @@ from tokenkeeper.refresher import MAX_MIN_TTL_SECONDS
 from tokenkeeper.runtime import Runtime
 
 DEFAULT_MIN_TTL_SECONDS = 300
+# One data point per operator action event, so token request counts stay about token requests.
+METRIC_ACTIONS = "OperatorActions"
 EVENT_FIELDS = {"connection_id", "min_ttl_seconds", "force"}
 
 _runtime: Runtime | None = None
@@ -63,6 +65,7 @@ def handler(event: dict, context: LambdaContext) -> dict:
 
 
 def _run_action(event: dict) -> dict:
+    count(METRIC_ACTIONS)
     try:
         name, arguments = parse_action_request(event)
         logger.append_keys(action=name)

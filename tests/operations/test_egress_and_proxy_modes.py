@@ -53,10 +53,10 @@ def test_check_egress_wrong_proxy_password_raises(fresh_world, operations, echo_
     fresh_world.wait_for(lambda: fresh_world.runtime().secrets.proxy_url().password == "wrong-password")
 
     with pytest.raises(ProxyAuthenticationError):
-        Operations_for(fresh_world).check_egress(expected=["127.0.0.2", "127.0.0.3"], url=echo_url, attempts=3)
+        _operations_for(fresh_world).check_egress(expected=["127.0.0.2", "127.0.0.3"], url=echo_url, attempts=3)
 
 
-def Operations_for(world):
+def _operations_for(world):
     from tokenkeeper.operations import Operations
 
     return Operations(world.runtime(), clock=world.clock, progress=lambda *_: None)
@@ -104,7 +104,7 @@ def test_check_egress_through_each_proxy_mode(fresh_world, echo_url, mode):
     proxy = fresh_world.start_tls_proxy() if mode == "https" else fresh_world.start_socks_proxy()
     fresh_world.set_proxy_url(proxy.url() if mode == "https" else proxy.url(scheme=mode))
 
-    result = Operations_for(fresh_world).check_egress(expected=["127.0.0.2", "127.0.0.3"], url=echo_url, attempts=4)
+    result = _operations_for(fresh_world).check_egress(expected=["127.0.0.2", "127.0.0.3"], url=echo_url, attempts=4)
 
     assert result["status"] == "ok"
     assert result["addresses"] == {"127.0.0.2": 2, "127.0.0.3": 2}
@@ -142,8 +142,8 @@ def test_https_scheme_on_silent_plain_proxy_names_scheme(fresh_world, echo_url):
     assert "nothing reached Salesforce" in message
 
 
-class _PlainHttpAnswerer:
-    """A loopback server that answers anything with an HTTP 400, as many plain proxies do."""
+class _PlainHttpResponder:
+    """A loopback server that responds to anything with an HTTP 400, as many plain proxies do."""
 
     def __init__(self) -> None:
         self._socket = socket.create_server(("127.0.0.1", 0))
@@ -170,15 +170,15 @@ class _PlainHttpAnswerer:
         self._thread.join(timeout=10)
 
 
-def test_https_scheme_on_answering_plain_proxy_is_proxy_url_error(fresh_world, echo_url):
-    answerer = _PlainHttpAnswerer()
+def test_https_scheme_on_responding_plain_proxy(fresh_world, echo_url):
+    responder = _PlainHttpResponder()
     try:
-        client = _client_for(fresh_world, f"https://qg-user:secret-value@127.0.0.1:{answerer.port}")
+        client = _client_for(fresh_world, f"https://qg-user:secret-value@127.0.0.1:{responder.port}")
 
         with pytest.raises(ProxyUrlError) as caught:
             client.fetch_egress_address(echo_url)
     finally:
-        answerer.close()
+        responder.close()
 
     message = caught.value.message
     assert "https:// scheme" in message

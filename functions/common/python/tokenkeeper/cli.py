@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     egress.add_argument("--expect", action="append", required=True, metavar="IP", help="a static IP of the proxy; give both")
-    egress.add_argument("--url", default=DEFAULT_ECHO_URL, help="the IP echo URL, answering {\"ip\": ...} (default: %(default)s)")
+    egress.add_argument("--url", default=DEFAULT_ECHO_URL, help="the IP echo URL, which returns {\"ip\": ...} (default: %(default)s)")
     egress.add_argument("--attempts", type=int, default=DEFAULT_ECHO_ATTEMPTS, help="number of requests (default: %(default)s)")
 
     listing = actions.add_parser("list", help="list connections with status, last redemption, idle days left and failures")

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlencode, urlsplit
@@ -293,6 +294,11 @@ class SalesforceClient:
                 f"TLS to {host} failed ({_reason(causes)}); the certificate could not be verified, so no "
                 "credential was sent."
             )
+        if _timed_out_in_tunnel(causes):
+            return ProxyConnectionError(
+                f"The proxy {proxy_text} did not respond to the tunnel request for {host} within the connect "
+                "timeout; nothing reached Salesforce. Check QuotaGuard's status page."
+            )
         if isinstance(exc, ReadTimeoutError) or any(isinstance(cause, ReadTimeoutError) for cause in causes):
             return SalesforceUnavailableError(
                 f"{host} did not answer within the read timeout; Salesforce may have processed the request.",
@@ -307,6 +313,21 @@ class SalesforceClient:
 
 # Failures that happen before any byte of the request can reach Salesforce.
 _NOT_SENT = (ConnectTimeoutError, NewConnectionError, ConnectionRefusedError, socket.gaierror)
+# Functions of urllib3 (2.x) and http.client that send CONNECT and read the proxy's status line.
+_TUNNEL_FRAMES = frozenset({"_prepare_proxy", "_tunnel"})
+
+
+def _timed_out_in_tunnel(causes: list[BaseException]) -> bool:
+    """Tell whether a socket timeout struck while waiting for the proxy's CONNECT response.
+
+    urllib3 reports that timeout as a ``ReadTimeoutError`` like one after the request was sent,
+    so only the traceback shows that the request itself never left.
+    """
+    for cause in causes:
+        if isinstance(cause, TimeoutError) and cause.__traceback__ is not None:
+            if any(frame.name in _TUNNEL_FRAMES for frame in traceback.extract_tb(cause.__traceback__)):
+                return True
+    return False
 # urllib3 (2.x) wraps a failure with this message only while the connection to the proxy itself
 # is being set up: for an https:// proxy that includes the TLS handshake with the proxy.
 _PROXY_SETUP_FAILED = "Unable to connect to proxy"
