@@ -500,3 +500,20 @@ def test_heartbeat_config_rejects_bad_variable(name, raw):
         HeartbeatConfig.from_environment({name: raw})
 
     assert name in str(raised.value)
+
+
+# The benchmark's code path ----------------------------------------------------------------------
+
+
+def test_heartbeat_benchmark_runs_small():
+    from bench.heartbeat import run_heartbeat_benchmark
+
+    result = run_heartbeat_benchmark(connections=40, latency=0.0, jitter_ms=0, sequential_sample=5, local_world_connections=0)
+
+    assert result["connections"] == 40
+    assert result["redeemed_twice"] == 0
+    assert result["failed"] == 0
+    assert result["stale_after_run"] == 0
+    assert result["refreshed"] + result["skipped"] == result["due"]
+    assert result["peak_rss_mb"] > 0
+    assert "local_world" not in result

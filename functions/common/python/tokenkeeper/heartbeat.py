@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from aws_lambda_powertools.metrics import MetricUnit
 
 from tokenkeeper import observability as obs
@@ -42,6 +43,7 @@ from tokenkeeper.errors import (
     ConnectionNotFoundError,
     InvalidEventError,
     ReauthorizationRequiredError,
+    StoreError,
     TokenKeeperError,
 )
 from tokenkeeper.refresher import TokenRefresher
@@ -339,14 +341,14 @@ class Heartbeat:
     def run(self, remaining_ms: Callable[[], int]) -> RunSummary:
         """Keep every due connection alive, until ``remaining_ms()`` falls below the safety margin.
 
-        Connections not started stay due; an unfinished run loses nothing but time.
+        Connections not started stay due, so an unfinished run loses nothing but time.
         """
         now = self._clock()
         due_before = now - self._config.threshold_seconds
         summary = RunSummary(mode="direct")
         stop = threading.Event()
         slots = threading.BoundedSemaphore(self._config.concurrency)
-        outcomes: list[Outcome] = []
+        announced: list[Outcome] = []
 
         def finish(done) -> None:
             slots.release()
@@ -354,19 +356,14 @@ class Heartbeat:
             summary.add(outcome)
             if outcome.systemic:
                 stop.set()
-            outcomes.append(outcome)
+            if outcome.announcement is not None:
+                announced.append(outcome)
 
         with ThreadPoolExecutor(max_workers=self._config.concurrency, thread_name_prefix="heartbeat") as pool:
-            for page in self._due_pages(due_before):
+            for page in self._due_pages(due_before, summary):
                 for index, due in enumerate(page):
                     summary.note_due(due, now)
-                    reason = self._reason_to_stop(stop, remaining_ms)
-                    if reason is None:
-                        # Waiting for a free worker can take a redemption's length, so check again.
-                        slots.acquire()
-                        reason = self._reason_to_stop(stop, remaining_ms)
-                        if reason is not None:
-                            slots.release()
+                    reason = self._take_slot(slots, stop, remaining_ms)
                     if reason is not None:
                         summary.stopped_reason = reason
                         summary.not_started += len(page) - index
@@ -378,8 +375,20 @@ class Heartbeat:
                 if summary.stopped_reason:
                     break
 
-        self.announce(outcomes)
+        self.announce(announced)
         return summary
+
+    def _take_slot(self, slots: threading.BoundedSemaphore, stop: threading.Event, remaining_ms) -> str | None:
+        """Wait for a free worker; return why the run must stop instead, or None."""
+        reason = self._reason_to_stop(stop, remaining_ms)
+        if reason is not None:
+            return reason
+        slots.acquire()
+        # Waiting for a free worker can take a whole redemption, so the time is checked again.
+        reason = self._reason_to_stop(stop, remaining_ms)
+        if reason is not None:
+            slots.release()
+        return reason
 
     def _reason_to_stop(self, stop: threading.Event, remaining_ms: Callable[[], int]) -> str | None:
         if stop.is_set():
@@ -388,12 +397,17 @@ class Heartbeat:
             return "deadline"
         return None
 
-    def _due_pages(self, due_before: float) -> Iterator[list[DueConnection]]:
+    def _due_pages(self, due_before: float, summary: RunSummary) -> Iterator[list[DueConnection]]:
         # Redeemed connections move past ``due_before`` in the index, so paging forward never
-        # returns them again; the loop ends when DynamoDB returns no LastEvaluatedKey.
+        # returns them again. The loop ends when DynamoDB returns no LastEvaluatedKey.
         next_key = None
         while True:
-            page = self._store.query_due(due_before, limit=QUERY_PAGE_SIZE, exclusive_start_key=next_key)
+            try:
+                page = self._store.query_due(due_before, limit=QUERY_PAGE_SIZE, exclusive_start_key=next_key)
+            except StoreError as exc:
+                obs.logger.error("Querying due connections failed; the rest stay due", extra={"reason": exc.message})
+                summary.stopped_reason = "query_failed"
+                return
             if page.connections:
                 yield page.connections
             next_key = page.next_key
@@ -477,7 +491,7 @@ class Heartbeat:
         now = self._clock()
         due_before = now - self._config.threshold_seconds
         summary = RunSummary(mode="fan_out")
-        for page in self._due_pages(due_before):
+        for page in self._due_pages(due_before, summary):
             for due in page:
                 summary.note_due(due, now)
             for start in range(0, len(page), SEND_BATCH_SIZE):
@@ -501,7 +515,11 @@ class Heartbeat:
             for position, due in enumerate(batch)
         }
         for _ in range(SEND_ATTEMPTS):
-            answer = self._sqs.send_message_batch(QueueUrl=self._config.queue_url, Entries=list(pending.values()))
+            try:
+                answer = self._sqs.send_message_batch(QueueUrl=self._config.queue_url, Entries=list(pending.values()))
+            except (ClientError, BotoCoreError) as exc:
+                obs.logger.warning("SendMessageBatch failed", extra={"reason": str(exc)})
+                continue
             for accepted in answer.get("Successful", []):
                 pending.pop(accepted["Id"], None)
             if not pending:
