@@ -517,3 +517,18 @@ def test_heartbeat_benchmark_runs_small():
     assert result["refreshed"] + result["skipped"] == result["due"]
     assert result["peak_rss_mb"] > 0
     assert "local_world" not in result
+
+
+def test_heartbeat_timeout_below_margin_logs_error(setup, product_log):
+    setup.use(safety_margin_seconds=120)
+    [connection] = setup.seed(1, idle_days=21)
+
+    summary = setup.module.handler({}, setup.context(remaining_ms=60_000))
+
+    assert summary["stopped_reason"] == "deadline"
+    assert summary["not_started"] == 1
+    assert setup.item(connection).version == 1
+    lines = [json.loads(line) for line in product_log.getvalue().splitlines()]
+    errors = [line for line in lines if line["level"] == "ERROR"]
+    assert errors[0]["safety_margin_seconds"] == 120
+    assert "raise the function's timeout" in errors[0]["message"]

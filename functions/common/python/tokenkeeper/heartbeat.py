@@ -305,6 +305,9 @@ class RunSummary:
             (obs.METRIC_HEARTBEAT_ENQUEUED, self.enqueued),
         ):
             obs.count(name, value)
+        if self.mode == "worker":
+            # A worker handles only its batch, so the oldest idle age comes from the scheduler alone.
+            return
         obs.metrics.add_metric(
             name=obs.METRIC_HEARTBEAT_OLDEST_IDLE, unit=MetricUnit.Seconds, value=round(self.oldest_idle_seconds)
         )
@@ -375,6 +378,14 @@ class Heartbeat:
                 if summary.stopped_reason:
                     break
 
+        if summary.stopped_reason == "deadline" and summary.not_started == summary.due:
+            obs.logger.error(
+                "The heartbeat had too little time to start any redemption; raise the function's timeout",
+                extra={
+                    "remaining_seconds": round(remaining_ms() / 1000, 1),
+                    "safety_margin_seconds": self._config.margin_seconds(self._settings),
+                },
+            )
         self.announce(announced)
         return summary
 
@@ -421,7 +432,10 @@ class Heartbeat:
     # One connection ---------------------------------------------------------------------------
 
     def keep_alive(self, connection_id: str, due_before: float) -> Outcome:
-        """Redeem one connection unless it was redeemed after ``due_before``; never raises."""
+        """Redeem one connection unless it was redeemed after ``due_before``.
+
+        Every error is caught and returned as an outcome, so one connection cannot end a run.
+        """
         obs.logger.thread_safe_append_keys(connection_id=connection_id)
         try:
             return self._keep_alive(connection_id, due_before)
