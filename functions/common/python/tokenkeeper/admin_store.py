@@ -272,7 +272,8 @@ class AdminStore(ConnectionStore):
                     "pending_connection_id": {"S": pending.connection_id},
                     "token_host": {"S": pending.token_host},
                     "redirect_uri": {"S": pending.redirect_uri},
-                    "code_verifier": {"B": sealed},
+                    # Every item keeps its sealed secret in ``tokens``; here it is the code verifier.
+                    "tokens": {"B": sealed},
                     "expires_at": _number(pending.expires_at),
                     "created_at": _number(now),
                 },
@@ -304,7 +305,7 @@ class AdminStore(ConnectionStore):
             connection_id=item["pending_connection_id"]["S"],
             token_host=item["token_host"]["S"],
             redirect_uri=item["redirect_uri"]["S"],
-            code_verifier=self._cipher.open_text(key, item["code_verifier"]["B"]),
+            code_verifier=self._cipher.open_text(key, item["tokens"]["B"]),
             expires_at=float(item["expires_at"]["N"]),
         )
 
