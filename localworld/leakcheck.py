@@ -36,11 +36,42 @@ def known_secrets() -> set[str]:
     return {value for value in values if value and len(value) >= MIN_SECRET_LENGTH}
 
 
+def _fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
 def find_secrets(text: str) -> list[str]:
     """Return fingerprints (sha256 prefixes, never the values) of the known secrets in ``text``."""
-    return [hashlib.sha256(value.encode()).hexdigest()[:12] for value in known_secrets() if value in text]
+    return [_fingerprint(value) for value in known_secrets() if value in text]
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every known secret replaced by its fingerprint."""
+    # Longer values first, so that a secret containing another is replaced whole.
+    for value in sorted(known_secrets(), key=len, reverse=True):
+        text = text.replace(value, f"[secret sha256:{_fingerprint(value)}]")
+    return text
 
 
 def assert_no_secrets(text: str) -> None:
     hits = find_secrets(text)
-    assert not hits, f"secret values (sha256 prefixes {hits}) appeared in output starting {text[:120]!r}"
+    assert not hits, f"secret values (sha256 prefixes {hits}) appeared in output starting {redact(text)[:120]!r}"
+
+
+def withhold_secrets(report) -> bool:
+    """Redact known secrets in a pytest test report and mark it failed; return whether any were found.
+
+    A failure report repeats exception texts, assertion operands and captured output, so a secret
+    that reached any of them would be printed by pytest itself.
+    """
+    texts = [report.longreprtext, *(content for _title, content in report.sections)]
+    hits = find_secrets("\n".join(texts))
+    if not hits:
+        return False
+    report.sections = [(title, redact(content)) for title, content in report.sections]
+    report.longrepr = (
+        f"Secret values (sha256 prefixes {hits}) appeared in this test's report; it is shown with them "
+        "replaced.\n" + redact(report.longreprtext)
+    )
+    report.outcome = "failed"
+    return True

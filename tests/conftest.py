@@ -3,7 +3,9 @@
 Every test's captured stdout and stderr (Powertools JSON logs and EMF metrics go there) and every
 log record of every logger are checked for every secret the suite used: the client secret, the
 proxy password in plain and percent-encoded form, and every token the Salesforce emulator issued.
-Any hit fails the test that produced it.
+Any hit fails the test that produced it. Each test report is scanned too, because pytest prints
+exception texts and assertion operands of a failure: a secret found there is replaced by its
+fingerprint and the test fails.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import pytest
 
 import localworld  # noqa: F401  (puts the shared code on sys.path)
-from localworld.leakcheck import assert_no_secrets
+from localworld.leakcheck import assert_no_secrets, withhold_secrets
 from localworld.world import LocalWorld
 from tokenkeeper.observability import logger as product_logger
 
@@ -68,3 +70,9 @@ def product_log(capfd):
     out, err = capfd.readouterr()
     for text in [buffer.getvalue(), out, err, *collector.texts]:
         assert_no_secrets(text)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    withhold_secrets(outcome.get_result())

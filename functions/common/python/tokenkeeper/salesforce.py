@@ -26,6 +26,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from tokenkeeper import observability as obs
 from tokenkeeper.errors import (
     ClientCredentialsError,
     ConfigurationError,
@@ -51,6 +52,11 @@ LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 MY_DOMAIN_SUFFIX = ".my.salesforce.com"
 # Larger token responses are not plausible; a bigger body is an error page or garbage.
 MAX_RESPONSE_BYTES = 64 * 1024
+# RFC 6749, appendix A: access and refresh tokens are 1*VSCHAR, printable ASCII 0x20 to 0x7E.
+_VSCHAR = frozenset(chr(code) for code in range(0x20, 0x7F))
+# Salesforce's tokens are about 100 characters long. Both tokens of a version are sealed by one
+# KMS Encrypt call, whose plaintext limit is 4096 bytes, so longer tokens could not be stored.
+MAX_TOKEN_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -455,18 +461,51 @@ def _oauth_error(status: int, body: dict, host: str) -> Exception:
 
 def _token_response(body: dict) -> TokenResponse:
     access_token = body.get("access_token")
-    if not isinstance(access_token, str) or not access_token:
+    if access_token is None or access_token == "":
         raise SalesforceResponseError("The token response has no access_token.")
+    _check_token(access_token, "access_token")
+    # A missing refresh_token means rotation is off. A present but malformed one is rejected,
+    # because keeping the old token would store one that Salesforce may already have rotated out.
+    refresh_token = body.get("refresh_token")
+    if refresh_token is not None:
+        _check_token(refresh_token, "refresh_token")
 
     def optional_text(name: str) -> str | None:
         value = body.get(name)
         return value if isinstance(value, str) and value else None
 
+    instance_url = optional_text("instance_url")
+    if instance_url is not None and not _is_https_url(instance_url):
+        # Callers send the access token to instance_url, so only an https URL replaces the stored one.
+        obs.logger.warning("The token response's instance_url is not an https URL; the stored one is kept")
+        instance_url = None
     return TokenResponse(
         access_token=access_token,
-        refresh_token=optional_text("refresh_token"),
-        instance_url=optional_text("instance_url"),
+        refresh_token=refresh_token,
+        instance_url=instance_url,
         issued_at=optional_text("issued_at"),
         identity_url=optional_text("id"),
         scope=optional_text("scope"),
     )
+
+
+def _check_token(value, name: str) -> None:
+    """Raise :class:`SalesforceResponseError` unless ``value`` has the form of an OAuth token."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_CHARS and set(value) <= _VSCHAR:
+        return
+    shape = f"a string of {len(value)} characters" if isinstance(value, str) else f"a JSON {_JSON_TYPES.get(type(value), 'value')}"
+    raise SalesforceResponseError(
+        f"The token response's {name} is {shape}, not a token of 1 to {MAX_TOKEN_CHARS} printable ASCII "
+        "characters; a proxy or gateway may have altered the response."
+    )
+
+
+_JSON_TYPES = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _is_https_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme == "https" and bool(parts.hostname) and not parts.username and set(value) <= _VSCHAR
