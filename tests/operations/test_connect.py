@@ -15,10 +15,17 @@ from tokenkeeper.errors import (
     AuthorizationStateError,
     ConnectionExistsError,
     InvalidEventError,
+    ProxyAuthenticationError,
     SalesforceHostError,
     SalesforceOAuthError,
 )
-from tokenkeeper.operations import PENDING_AUTHORIZATION_SECONDS, code_challenge, new_code_verifier, new_state
+from tokenkeeper.operations import (
+    PENDING_AUTHORIZATION_SECONDS,
+    Operations,
+    code_challenge,
+    new_code_verifier,
+    new_state,
+)
 
 UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]+")
 
@@ -211,3 +218,18 @@ def test_connect_revokes_new_chain_when_id_taken_meanwhile(fresh_world, operatio
     assert fresh_world.salesforce.stats.chains_revoked == 1
     assert fresh_world.runtime().store.get(connection_id).refresh_token == existing.refresh_token
     assert fresh_world.salesforce.chain_state(existing.refresh_token) == "current"
+
+
+def test_connect_keeps_state_when_proxy_fails(fresh_world, operations, new_id):
+    connection_id = new_id()
+    started = operations.authorize_url(connection_id, redirect_uri=REDIRECT_URI, host=fresh_world.token_host)
+    code, state = approve(fresh_world, started["url"])
+    fresh_world.set_proxy_url(fresh_world.proxy.url(password="wrong-password"))
+
+    with pytest.raises(ProxyAuthenticationError):
+        Operations(fresh_world.runtime(), clock=fresh_world.clock).connect(code=code, state=state)
+    fresh_world.set_proxy_url(fresh_world.proxy.url())
+    result = Operations(fresh_world.runtime(), clock=fresh_world.clock).connect(code=code, state=state)
+
+    assert result["connection_id"] == connection_id
+    assert fresh_world.salesforce.stats.code_exchanges == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 
 import pytest
@@ -184,3 +185,15 @@ def test_https_scheme_on_responding_plain_proxy(fresh_world, echo_url):
     assert "https:// scheme" in message
     assert "does not speak TLS" in message
     assert "secret-value" not in message
+
+
+def test_socks_without_pysocks_names_package(monkeypatch):
+    # A None entry in sys.modules makes the import fail, as in a layer without PySocks.
+    monkeypatch.setitem(sys.modules, "urllib3.contrib.socks", None)
+    proxy = ProxyUrl.parse("socks5h://qg-user:secret-value@127.0.0.1:1080")
+
+    with pytest.raises(ProxyUrlError) as caught:
+        build_pool(proxy, connect_timeout=1, read_timeout=1)
+
+    assert "PySocks" in caught.value.message
+    assert "socks5h://" in caught.value.message

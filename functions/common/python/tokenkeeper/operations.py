@@ -35,6 +35,9 @@ from tokenkeeper.errors import (
     ConnectionNotFoundError,
     InvalidEventError,
     LeaseWaitTimeoutError,
+    ProxyAuthenticationError,
+    ProxyConnectionError,
+    ProxyUrlError,
     SalesforceOAuthError,
     SalesforceResponseError,
     TokenKeeperError,
@@ -234,10 +237,16 @@ class Operations:
         if self._store.summary(pending.connection_id) is not None:
             raise _exists(pending.connection_id)
 
-        salesforce = self._runtime.salesforce()
-        answer = salesforce.exchange_code(
-            pending.token_host, code, code_verifier=pending.code_verifier, redirect_uri=pending.redirect_uri
-        )
+        try:
+            salesforce = self._runtime.salesforce()
+            answer = salesforce.exchange_code(
+                pending.token_host, code, code_verifier=pending.code_verifier, redirect_uri=pending.redirect_uri
+            )
+        except (ProxyUrlError, ProxyAuthenticationError, ProxyConnectionError):
+            # The code never reached Salesforce and is still valid, so the same redirect may be
+            # used again once the proxy is fixed.
+            self._store.put_pending(pending, now=now)
+            raise
         if not answer.refresh_token:
             raise SalesforceResponseError(
                 "Salesforce issued no refresh token; add the refresh_token (offline access) scope to the "
