@@ -8,9 +8,10 @@ when it fails.
 Connecting an org uses the web server flow with PKCE. ``authorize-url`` creates the code verifier
 and a random ``state``, and stores the verifier sealed with KMS in a pending authorization keyed by
 the state, valid for :data:`PENDING_AUTHORIZATION_SECONDS`. The operator gets only the URL
-and the state. ``connect`` looks the state up (which is the state check), deletes the pending
-authorization so it can be used once, exchanges the code through the proxy with the verifier and
-the client secret, and stores the first refresh token as a new connection.
+and the state. ``connect`` looks the state up, which is the state check, and deletes the pending
+authorization so that it works once. It then exchanges the code through the proxy with the
+verifier and the client secret, and stores the first refresh token as a new connection. When the
+proxy fails before the code reaches Salesforce, the pending authorization is stored again.
 """
 
 from __future__ import annotations
