@@ -86,6 +86,27 @@ def test_slow_salesforce_read_timeout_is_ambiguous(fresh_world, connection_id):
     assert fresh_world.wait_for(lambda: fresh_world.salesforce.chain_state(first_token) == "rotated", timeout=5)
 
 
+def test_rejection_after_read_timeout_reports_lost_rotation(fresh_world, connection_id):
+    # GIVEN a call that timed out after Salesforce rotated the token
+    runtime = fresh_world.runtime(read_timeout_seconds=0.5, redeem_attempts=1)
+    first_token = runtime.store.get(connection_id).refresh_token
+    fresh_world.salesforce.latency_seconds = 1.5
+    with pytest.raises(SalesforceUnavailableError):
+        runtime.refresher().get_token(connection_id)
+    assert fresh_world.wait_for(lambda: fresh_world.salesforce.chain_state(first_token) == "rotated", timeout=5)
+    fresh_world.salesforce.latency_seconds = 0
+
+    # WHEN a later call redeems the only token the item has
+    with pytest.raises(ReauthorizationRequiredError) as caught:
+        fresh_world.runtime().refresher().get_token(connection_id)
+
+    # THEN the rejection is reported as a rotation lost in transit
+    assert caught.value.rotation_lost_in_transit is True
+    assert "lost in transit" in str(caught.value)
+    assert runtime.store.get(connection_id).status == STATUS_REAUTHORIZATION_REQUIRED
+    assert fresh_world.salesforce.stats.replays_detected == 1
+
+
 def test_slow_salesforce_within_timeout_succeeds(fresh_world, connection_id):
     runtime = fresh_world.runtime()
     first_token = runtime.store.get(connection_id).refresh_token

@@ -272,9 +272,10 @@ class TokenRefresher:
         if rescued is not None:
             return self._adopt_rescue(record, rescued, owner)
 
-        # A lease left behind by another owner means that holder stopped mid-redemption, maybe
-        # after Salesforce rotated the token, so a rejection of it may be a rotation lost with it.
-        ambiguous = bool(record.lease_owner)
+        # A lease left behind by another owner means that holder stopped mid-redemption, and a
+        # recorded transient failure may have been a rotation whose response was lost. Either way
+        # Salesforce may have rotated the token, so a rejection of it may be a rotation lost.
+        ambiguous = bool(record.lease_owner) or record.last_error_kind in _UNCONFIRMED_KINDS
         last_error: TokenKeeperError | None = None
         for attempt in range(self._settings.redeem_attempts):
             lease_until = self._ensure_lease_time(record, owner, lease_until)
@@ -340,9 +341,9 @@ class TokenRefresher:
         if ambiguous:
             exc.rotation_lost_in_transit = True
             exc.message = (
-                f"Connection {connection_id!r}: the refresh token was rotated by a request whose answer was "
-                "lost in transit (a read timeout, a dropped connection, or a lease holder that stopped before "
-                "storing it), so the new token never arrived "
+                f"Connection {connection_id!r}: the refresh token was most likely rotated by a request whose "
+                "response was lost in transit (a read timeout, a dropped connection, a server error, or a lease "
+                "holder that stopped before storing it), so the new token never arrived "
                 f"and Salesforce now rejects the old one ({exc.error}). The subscriber must authorize the app again."
             )
             exc.args = (exc.message,)
@@ -556,6 +557,11 @@ class TokenRefresher:
         # Full jitter: a uniform wait up to the exponential bound spreads waiting callers apart.
         return self._rng.uniform(0, min(cap, base * (2**attempt)))
 
+
+# Kinds of failure after which Salesforce may have rotated the token: a 5xx, a read timeout or a
+# dropped connection, or a response that could not be read. A rate limit is "transient" too, so
+# after one a rejection is reported as a possible lost rotation although none happened.
+_UNCONFIRMED_KINDS = frozenset({SalesforceUnavailableError.kind, SalesforceResponseError.kind})
 
 _INACTIVE_ADVICE = {
     "reauthorization_required": "the subscriber must authorize the app again to start a new token chain.",
