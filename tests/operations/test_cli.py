@@ -157,3 +157,18 @@ def test_cli_revoke_needs_confirmation(fresh_world, new_id):
     assert "--yes" in unconfirmed.stderr
     assert revoked.returncode == EXIT_OK
     assert json.loads(revoked.stdout)["result"]["status"] == "revoked"
+
+
+def test_package_main_runs_cli(fresh_world):
+    completed = subprocess.run(
+        [sys.executable, "-m", "tokenkeeper", "--help"],
+        cwd=REPOSITORY_ROOT,
+        env={**os.environ, "PYTHONPATH": str(SHARED_CODE)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+    )
+
+    assert completed.returncode == EXIT_OK
+    assert "check-egress" in completed.stdout
