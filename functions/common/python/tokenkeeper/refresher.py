@@ -292,7 +292,7 @@ class TokenRefresher:
                 self._fail(record, owner, exc, count=False)
                 raise
             else:
-                return self._store_rotation(record, response, lease_until)
+                return self._store_rotation(record, response, lease_until, owner)
 
             obs.logger.warning(
                 "Redemption attempt failed",
@@ -383,7 +383,9 @@ class TokenRefresher:
 
     # Storing the result -----------------------------------------------------------------------
 
-    def _store_rotation(self, record: Connection, response: TokenResponse, lease_until: float | None = None) -> AccessToken:
+    def _store_rotation(
+        self, record: Connection, response: TokenResponse, lease_until: float | None = None, owner: str | None = None
+    ) -> AccessToken:
         connection_id = record.connection_id
         now = self._clock()
         session = record.session_seconds or self._settings.default_session_seconds
@@ -391,6 +393,8 @@ class TokenRefresher:
         saved = self._write_rotation(record, response, refresh_token, now + session, now, lease_until)
         if saved is None:
             self._rescue(record, refresh_token, response.access_token, now)
+            if owner is not None:
+                self._release_after_rescue(connection_id, owner)
             answer = AccessToken(
                 connection_id=connection_id,
                 access_token=response.access_token,
@@ -501,6 +505,14 @@ class TokenRefresher:
             f"{STORE_WRITE_ATTEMPTS} attempts, nor to its rescue record.",
             connection_id=connection_id,
         )
+
+    def _release_after_rescue(self, connection_id: str, owner: str) -> None:
+        """Release the lease, so the next caller adopts the rescue record without waiting it out."""
+        try:
+            self._store.release_lease(connection_id, owner=owner)
+        except StoreError as exc:
+            # The lease expires by itself; until then other callers wait for it.
+            obs.logger.warning("Could not release the lease after a rescue", extra={"error_kind": exc.kind})
 
     def _adopt_rescue(self, record: Connection, rescued, owner: str) -> AccessToken:
         """Store a rescued version + 1 as the current version instead of redeeming version ``v`` again."""
