@@ -354,13 +354,17 @@ class Heartbeat:
         announced: list[Outcome] = []
 
         def finish(done) -> None:
-            slots.release()
-            outcome = done.result()
-            summary.add(outcome)
-            if outcome.systemic:
-                stop.set()
-            if outcome.announcement is not None:
-                announced.append(outcome)
+            # The slot is released last, so the dispatcher sees a configuration error before it
+            # can start the next connection.
+            try:
+                outcome = done.result()
+                summary.add(outcome)
+                if outcome.systemic:
+                    stop.set()
+                if outcome.announcement is not None:
+                    announced.append(outcome)
+            finally:
+                slots.release()
 
         with ThreadPoolExecutor(max_workers=self._config.concurrency, thread_name_prefix="heartbeat") as pool:
             for page in self._due_pages(due_before, summary):
