@@ -18,6 +18,7 @@ from localworld.aws import create_token_table
 from localworld.lambdas import LocalContext, load_function
 from localworld.leakcheck import assert_no_secrets
 from tokenkeeper.announcements import DETAIL_TYPE_REAUTHORIZATION_REQUIRED, DETAIL_TYPE_RECOVERED, EVENT_SOURCE
+from tokenkeeper import heartbeat as heartbeat_module
 from tokenkeeper.errors import ConfigurationError
 from tokenkeeper.heartbeat import (
     ENV_HEARTBEAT_FAILED_RUNS_TOLERATED,
@@ -159,6 +160,36 @@ def test_heartbeat_redeems_connection_idle_29_days(setup):
     assert setup.world.salesforce.chain_state(redeemed.refresh_token) == "current"
     assert setup.item(recent).version == 1
     assert setup.due_ids() == set()
+
+
+def test_query_due_pages_oldest_first(setup):
+    identifiers = setup.seed(5, idle_days=21)
+    setup.seed(1, idle_days=2)
+    idle_before = setup.world.clock() - 20 * DAY
+
+    seen, next_key = [], None
+    for _ in range(10):
+        page = setup.runtime.store.query_due(idle_before, limit=2, exclusive_start_key=next_key)
+        seen.extend(due.connection_id for due in page.connections)
+        next_key = page.next_key
+        if not next_key:
+            break
+
+    assert seen == identifiers
+    assert next_key is None
+
+
+def test_heartbeat_pages_through_many_due(setup, monkeypatch):
+    # GIVEN more due connections than one index page holds
+    monkeypatch.setattr(heartbeat_module, "QUERY_PAGE_SIZE", 2)
+    setup.use()
+    identifiers = setup.seed(7, idle_days=21)
+
+    summary = setup.module.handler({}, setup.context())
+
+    assert summary["due"] == 7
+    assert summary["refreshed"] == 7
+    assert all(setup.item(identifier).version == 2 for identifier in identifiers)
 
 
 def test_heartbeat_logs_summary_and_emits_metrics(setup, product_log, capfd):
