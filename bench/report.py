@@ -246,7 +246,9 @@ clock moves forward between rounds so that the rounds cover one
 {parameters["token_endpoint_latency_seconds"]:g} s. The product's callers are separate
 containers, and the baseline's callers share one app's storage. When a replay has revoked the
 baseline's chain, the run connects the org again at once and counts a lost chain, which in
-production means the subscriber must authorize the app again.
+production means the subscriber must authorize the app again. The product redeems when the stored
+access token has less than the request's `min_ttl_seconds` (300 by default) left, so one session
+of requests sees its first redemption and one renewal near the end.
 
 {_table(["measure", "product", "baseline", "product / baseline"], rows)}
 
