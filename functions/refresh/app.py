@@ -51,6 +51,7 @@ def handler(event: dict, context: LambdaContext) -> dict:
     if isinstance(event, dict) and "action" in event:
         return _run_action(event)
     count(METRIC_REQUESTS)
+    request = None
     try:
         request = parse_event(event)
         logger.append_keys(connection_id=request["connection_id"])
@@ -58,6 +59,9 @@ def handler(event: dict, context: LambdaContext) -> dict:
             request["connection_id"], min_ttl_seconds=request["min_ttl_seconds"], force=request["force"]
         )
     except TokenKeeperError as exc:
+        if exc.connection_id is None and request is not None:
+            # Errors raised while building the container's clients know no connection yet.
+            exc.connection_id = request["connection_id"]
         logger.warning("Token request failed", extra={"error_kind": exc.kind, "reason": exc.message})
         return {"ok": False, "error": exc.to_payload()}
     logger.info("Token request served", extra={"source": token.source, "version": token.version})

@@ -57,7 +57,7 @@ def test_handler_logs_connection_id_on_every_line(refresh, connection_id, produc
         ({"connection_id": 42}, "connection_id"),
         ({"connection_id": "org 1"}, "connection_id"),
         ({"connection_id": "rescue#org-1"}, "connection_id"),
-        ({"connection_id": "x" * 201}, "connection_id"),
+        ({"connection_id": "x" * 65}, "connection_id"),
         ({"connection_id": "org-1", "min_ttl_seconds": -1}, "min_ttl_seconds"),
         ({"connection_id": "org-1", "min_ttl_seconds": "300"}, "min_ttl_seconds"),
         ({"connection_id": "org-1", "min_ttl_seconds": True}, "min_ttl_seconds"),
@@ -75,6 +75,16 @@ def test_handler_rejects_bad_event_naming_the_field(refresh, fresh_world, event,
     assert answer["error"]["kind"] == InvalidEventError.kind
     assert named in answer["error"]["message"]
     assert fresh_world.salesforce.stats.token_requests == before
+
+
+def test_handler_invalid_connection_id_is_not_repeated(refresh, product_log):
+    pasted_token = "00D000000000001!AQ0AQHexampleAccessTokenValue.with.dots"
+
+    answer = refresh.handler({"connection_id": pasted_token}, LocalContext())
+
+    assert answer["ok"] is False
+    assert pasted_token not in answer["error"]["message"]
+    assert pasted_token not in product_log.getvalue()
 
 
 def test_handler_bad_event_changes_nothing_stored(refresh, fresh_world, connection_id):

@@ -41,6 +41,7 @@ def test_proxy_url_default_port_per_scheme():
     ("raw", "expected"),
     [
         ("", "empty"),
+        ('{"url": "http://u:p@127.0.0.1:9293"}', "stored as JSON"),
         ("qg-user:pw@127.0.0.1:9293", "no scheme"),
         ("ftp://u:p@127.0.0.1:21", "unsupported scheme 'ftp'"),
         ("http://127.0.0.1:9293", "no credentials"),

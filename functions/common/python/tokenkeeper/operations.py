@@ -90,7 +90,8 @@ REVOKE_LEASE_SECONDS = 60.0
 REVOKE_WAIT_SECONDS = 30.0
 REVOKE_POLL_SECONDS = 0.5
 
-CONNECTION_ID_MAX_LENGTH = 200
+# Long enough for an 18-character org id with a prefix or a UUID, too short for a refresh token.
+CONNECTION_ID_MAX_LENGTH = 64
 CONNECTION_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 
 ProgressCallback = Callable[[int, int, str, str], None]
@@ -116,13 +117,19 @@ def new_state() -> str:
 
 
 def validate_connection_id(connection_id: Any) -> str:
-    """Return ``connection_id`` if it is a valid id, else raise :class:`InvalidEventError`."""
+    """Return ``connection_id`` if it is a valid id, else raise :class:`InvalidEventError`.
+
+    An invalid value is described, never repeated, because a token pasted by mistake into this
+    field must not reach a log line or an error message.
+    """
     if not isinstance(connection_id, str) or not connection_id:
-        raise InvalidEventError(f"connection_id is missing or not a string (got {connection_id!r}); pass the connection's id.")
-    if len(connection_id) > CONNECTION_ID_MAX_LENGTH or not set(connection_id) <= CONNECTION_ID_CHARACTERS:
+        shown = "an empty string" if connection_id == "" else f"a value of type {type(connection_id).__name__}"
+        raise InvalidEventError(f"connection_id is missing or not a string (got {shown}); pass the connection's id.")
+    outside = sum(1 for character in connection_id if character not in CONNECTION_ID_CHARACTERS)
+    if len(connection_id) > CONNECTION_ID_MAX_LENGTH or outside:
         raise InvalidEventError(
-            f"connection_id {connection_id[:CONNECTION_ID_MAX_LENGTH]!r} is invalid; use up to {CONNECTION_ID_MAX_LENGTH} "
-            "letters, digits and . _ : - characters."
+            f"connection_id is invalid ({len(connection_id)} characters, {outside} of them not allowed); use up to "
+            f"{CONNECTION_ID_MAX_LENGTH} letters, digits and . _ : - characters."
         )
     return connection_id
 

@@ -48,6 +48,11 @@ class ProxyUrl:
         if not isinstance(raw, str) or not raw.strip():
             raise ProxyUrlError(f"{PROXY_URL_NAME} is empty; store the proxy URL from the QuotaGuard dashboard.")
         raw = raw.strip()
+        if raw.startswith("{"):
+            raise ProxyUrlError(
+                f"{PROXY_URL_NAME} is stored as JSON; store the plain URL http://USER:PASSWORD@HOST:PORT as the "
+                "secret's whole value."
+            )
         scheme, separator, _rest = raw.partition("://")
         if not separator:
             raise ProxyUrlError(
