@@ -359,6 +359,7 @@ class ConnectionStore:
         blob = self._cipher.seal(
             connection.connection_id, SealedTokens(connection.refresh_token, connection.access_token)
         )
+        created_at = connection.created_at or time.time()
         item = {
             "connection_id": {"S": connection.connection_id},
             "status": {"S": connection.status},
@@ -366,7 +367,9 @@ class ConnectionStore:
             "token_host": {"S": connection.token_host},
             "tokens": {"B": blob},
             "consecutive_failures": _number(connection.consecutive_failures),
-            "created_at": _number(connection.created_at or time.time()),
+            "created_at": _number(created_at),
+            # The heartbeat's index sorts by this attribute, so a new chain counts as used at creation.
+            "last_redeemed_at": _number(connection.last_redeemed_at or created_at),
         }
         optional = {
             "access_token_expires_at": connection.access_token_expires_at,
@@ -374,7 +377,6 @@ class ConnectionStore:
             "org_id": connection.org_id,
             "user_id": connection.user_id,
             "session_seconds": connection.session_seconds,
-            "last_redeemed_at": connection.last_redeemed_at,
         }
         for name, value in optional.items():
             if value is None or value == "":
