@@ -63,6 +63,8 @@ class Fault:
     body_contains: bytes | None = None
     delay_seconds: float = 0.0
     applied: int = field(default=0, init=False)
+    # Requests this rule took that reached the upstream (``delay`` and ``drop_after_forward``).
+    forwarded: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -215,6 +217,8 @@ class FaultRelay:
                 status, headers, body = _forward(upstream, request)
                 with self._lock:
                     self.forwarded.append(request.target)
+                    if fault is not None:
+                        fault.forwarded += 1
                 if mode == "drop_after_forward":
                     return
                 client.sendall(_response_bytes(status, headers, body))
