@@ -35,9 +35,11 @@ from tokenkeeper.config import Settings
 from tokenkeeper.runtime import Runtime
 from tokenkeeper.store import STATUS_ACTIVE, Connection
 
-TABLE_NAME = "tokenkeeper-connections"
-CLIENT_SECRET_NAME = "tokenkeeper/client-credentials"
-PROXY_SECRET_NAME = "tokenkeeper/proxy-url"
+# moto keeps its data per process, so each world suffixes its resource names to stay apart from
+# another world started earlier in the same process.
+TABLE_NAME_PREFIX = "tokenkeeper-connections"
+CLIENT_SECRET_NAME_PREFIX = "tokenkeeper/client-credentials"
+PROXY_SECRET_NAME_PREFIX = "tokenkeeper/proxy-url"
 PROXY_USERNAME = "qg-user"
 
 
@@ -58,6 +60,8 @@ class LocalWorld:
 
     def __init__(self, *, session_seconds: int = 7200, fast_settings: bool = True):
         self.clock = OffsetClock()
+        self._suffix = secrets.token_hex(4)
+        self.table_name = f"{TABLE_NAME_PREFIX}-{self._suffix}"
         self._session_seconds = session_seconds
         self._fast_settings = fast_settings
         self._workdir = Path(tempfile.mkdtemp(prefix="localworld-"))
@@ -149,13 +153,13 @@ class LocalWorld:
 
     def _provision_aws(self) -> None:
         self.key_id = self.aws.client("kms").create_key(Description="tokenkeeper token encryption")["KeyMetadata"]["Arn"]
-        create_token_table(self.aws.client("dynamodb"), TABLE_NAME)
+        create_token_table(self.aws.client("dynamodb"), self.table_name)
         secrets_client = self.aws.client("secretsmanager")
         self.client_secret_arn = secrets_client.create_secret(
-            Name=CLIENT_SECRET_NAME,
+            Name=f"{CLIENT_SECRET_NAME_PREFIX}-{self._suffix}",
             SecretString=json.dumps({"client_id": self.secrets.client_id, "client_secret": self.secrets.client_secret}),
         )["ARN"]
-        self.proxy_secret_arn = secrets_client.create_secret(Name=PROXY_SECRET_NAME, SecretString=self.proxy.url())["ARN"]
+        self.proxy_secret_arn = secrets_client.create_secret(Name=f"{PROXY_SECRET_NAME_PREFIX}-{self._suffix}", SecretString=self.proxy.url())["ARN"]
 
     # Wiring the product -----------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class LocalWorld:
     def environment(self) -> dict[str, str]:
         """Return the environment variables the deployed stack would set, aimed at this world."""
         environment = {
-            "TOKENKEEPER_TABLE_NAME": TABLE_NAME,
+            "TOKENKEEPER_TABLE_NAME": self.table_name,
             "TOKENKEEPER_CLIENT_SECRET_ID": self.client_secret_arn,
             "TOKENKEEPER_PROXY_SECRET_ID": self.proxy_secret_arn,
             "TOKENKEEPER_TOKEN_KEY_ID": self.key_id,

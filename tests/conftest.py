@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import pytest
+
+# jsii, which the infrastructure tests load, prints an end-of-life banner on Node.js 20.
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 import localworld  # noqa: F401  (puts the shared code on sys.path)
 from localworld.leakcheck import assert_no_secrets, withhold_secrets
