@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import ROTATION_WRITE, UPDATE_ITEM, new_id, runtime_through
+from fault_helpers import ROTATION_WRITE, UPDATE_ITEM, new_id, runtime_through
 from tokenkeeper.crypto import KmsTokenCipher
 from tokenkeeper.errors import StoreError
 

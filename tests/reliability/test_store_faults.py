@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from conftest import (
+from fault_helpers import (
     GET_ITEM,
     LEASE_WRITE,
     PUT_ITEM,
@@ -19,7 +19,7 @@ from conftest import (
     runtime_through,
 )
 from localworld.leakcheck import assert_no_secrets
-from tokenkeeper.errors import StoreError
+from tokenkeeper.errors import RescueNotFoundError, StoreError
 from tokenkeeper.observability import METRIC_TOKENS_RESCUED
 from tokenkeeper.refresher import SOURCE_REDEEMED
 from tokenkeeper.rescue import main as rescue_main
@@ -167,8 +167,9 @@ def test_restore_without_rescue_reports_nothing_to_restore(fresh_world, connecti
     assert status == 1
     assert "no rescue record for version 2" in printed.err
     assert runtime.store.get(connection_id).version == 1
-    with pytest.raises(StoreError):
+    with pytest.raises(RescueNotFoundError) as caught:
         restore_rescued_token(runtime, connection_id)
+    assert caught.value.kind == "rescue_not_found"
 
 
 def test_write_retries_stop_before_lease_ends(fresh_world, relay, connection_id, metric_counts):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import GET_ITEM, ROTATION_WRITE, UPDATE_ITEM
+from fault_helpers import GET_ITEM, ROTATION_WRITE, UPDATE_ITEM
 from localworld import REPOSITORY_ROOT, SHARED_CODE
 from localworld.leakcheck import assert_no_secrets
 from localworld.processes import SPEC_VARIABLE, WorkerSpec

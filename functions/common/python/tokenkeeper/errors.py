@@ -30,6 +30,7 @@ __all__ = [
     "SalesforceResponseError",
     "StoreError",
     "TokenRescuedError",
+    "RescueNotFoundError",
     "ERROR_CLASSES_BY_KIND",
 ]
 
@@ -229,6 +230,12 @@ class TokenRescuedError(TokenKeeperError):
     kind = "token_rescued"
 
 
+class RescueNotFoundError(TokenKeeperError):
+    """No rescue record exists for the version after the connection's current one."""
+
+    kind = "rescue_not_found"
+
+
 ERROR_CLASSES_BY_KIND: dict[str, type[TokenKeeperError]] = {
     cls.kind: cls
     for cls in [
@@ -253,5 +260,6 @@ ERROR_CLASSES_BY_KIND: dict[str, type[TokenKeeperError]] = {
         SalesforceResponseError,
         StoreError,
         TokenRescuedError,
+        RescueNotFoundError,
     ]
 }

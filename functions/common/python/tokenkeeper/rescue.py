@@ -18,7 +18,13 @@ import sys
 import time
 
 from tokenkeeper import observability as obs
-from tokenkeeper.errors import ConnectionInactiveError, ConnectionNotFoundError, StoreError, TokenKeeperError
+from tokenkeeper.errors import (
+    ConnectionInactiveError,
+    ConnectionNotFoundError,
+    RescueNotFoundError,
+    StoreError,
+    TokenKeeperError,
+)
 from tokenkeeper.store import STATUS_ACTIVE
 
 __all__ = ["restore_rescued_token", "main"]
@@ -46,9 +52,9 @@ def restore_rescued_token(runtime, connection_id: str) -> int:
     next_version = record.version + 1
     rescued = store.get_rescue(connection_id, next_version)
     if rescued is None:
-        raise StoreError(
+        raise RescueNotFoundError(
             f"Connection {connection_id!r} has no rescue record for version {next_version} (it is at version "
-            f"{record.version}); nothing to restore. A rescue of an earlier version was already adopted.",
+            f"{record.version}), so there is nothing to restore.",
             connection_id=connection_id,
         )
 
