@@ -271,3 +271,23 @@ def test_stalled_rotation_write_cannot_overwrite_newer(fresh_world, relay, conne
     assert rescued.refresh_token == fresh_world.salesforce.current_refresh_token_of(stale.refresh_token)
     assert outcome["token"].source == SOURCE_REDEEMED
     assert metric_counts[METRIC_TOKENS_RESCUED] == 1
+
+
+def test_heartbeat_write_failure_goes_to_rescue(fresh_world, relay, connection_id, metric_counts):
+    # GIVEN the heartbeat's redemption, whose rotation write keeps failing
+    runtime = runtime_through(fresh_world, relay)
+    first_token = runtime.store.get(connection_id).refresh_token
+    relay.inject("error_500", count=100, target=UPDATE_ITEM, body_contains=ROTATION_WRITE)
+
+    result = runtime.refresher().keep_alive(connection_id, due_before=fresh_world.clock() + 1)
+
+    # THEN its token is rescued like a caller's, and the next request adopts it
+    assert result.redeemed is True
+    newest = fresh_world.salesforce.current_refresh_token_of(first_token)
+    assert runtime.store.get_rescue(connection_id, 2).refresh_token == newest
+    assert metric_counts[METRIC_TOKENS_RESCUED] == 1
+    relay.clear()
+    token = fresh_world.runtime().refresher().get_token(connection_id)
+    assert token.version == 3
+    assert_newest_token_stored(fresh_world, runtime, connection_id, first_token, version=3)
+    assert_no_replay(fresh_world)
