@@ -8,13 +8,33 @@ values so that the settings are visible where they are changed. An invalid value
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from aws_cdk import aws_logs as logs
 
-__all__ = ["ConfigError", "StackConfig", "DEFAULTS", "RETENTION_DAYS", "load_config"]
+# The schedule check is the runtime's own, so synth and the heartbeat function apply one rule.
+_RUNTIME_PACKAGE_DIR = str(Path(__file__).resolve().parents[1] / "functions" / "common" / "python")
+if _RUNTIME_PACKAGE_DIR not in sys.path:
+    sys.path.insert(0, _RUNTIME_PACKAGE_DIR)
+
+from tokenkeeper.errors import ConfigurationError  # noqa: E402
+from tokenkeeper.heartbeat import MAX_CONCURRENCY, validate_schedule  # noqa: E402
+
+__all__ = [
+    "ConfigError",
+    "StackConfig",
+    "DEFAULTS",
+    "RETENTION_DAYS",
+    "HEARTBEAT_MODES",
+    "HEARTBEAT_MODE_SINGLE",
+    "HEARTBEAT_MODE_FANOUT",
+    "load_config",
+]
 
 # The Powertools layer version that contains aws-lambda-powertools 3.37.0, the version pinned in
 # requirements.txt. Powertools publishes one layer version per release under account
@@ -30,6 +50,13 @@ DEFAULTS: Mapping[str, Any] = {
     "stack_name": "TokenKeeper",
     "heartbeat_schedule": "rate(1 day)",
     "idle_window_days": 30,
+    "heartbeat_threshold_days": 20,
+    # None: derived from a rate(...) schedule. A cron(...) schedule needs it set.
+    "heartbeat_period_hours": None,
+    "heartbeat_failed_runs_tolerated": 3,
+    "heartbeat_concurrency": 8,
+    "heartbeat_mode": "single",
+    "enable_callback": False,
     "proxy_mode": "static",
     "alarm_email": "",
     "reserved_concurrency": 50,
@@ -68,6 +95,16 @@ RETENTION_DAYS: Mapping[int, logs.RetentionDays] = {
 # Only QuotaGuard Static, an HTTP proxy with two fixed egress addresses, is supported.
 PROXY_MODES = ("static",)
 
+# single: one scheduled invocation redeems the due connections on a thread pool.
+# fanout: the scheduled invocation queues the due connection ids and SQS-triggered workers redeem them.
+HEARTBEAT_MODE_SINGLE = "single"
+HEARTBEAT_MODE_FANOUT = "fanout"
+HEARTBEAT_MODES = (HEARTBEAT_MODE_SINGLE, HEARTBEAT_MODE_FANOUT)
+# Lambda's SQS event source accepts a maximum concurrency of 2 to 1000.
+MIN_FANOUT_CONCURRENCY = 2
+# The HeartbeatMissing alarm spans two runs, and CloudWatch evaluates an alarm over at most 7 days.
+MAX_HEARTBEAT_PERIOD_HOURS = 84
+
 _REGION = re.compile(r"^[a-z]{2}-[a-z]+-\d{1,2}$")
 # China, GovCloud, the isolated Regions and the European Sovereign Cloud.
 _OTHER_PARTITION_PREFIXES = ("cn-", "us-gov-", "us-iso", "eu-iso", "eusc-")
@@ -96,6 +133,12 @@ class StackConfig:
     stack_name: str
     heartbeat_schedule: str
     idle_window_days: int
+    heartbeat_threshold_days: float
+    heartbeat_period_hours: float
+    heartbeat_failed_runs_tolerated: int
+    heartbeat_concurrency: int
+    heartbeat_mode: str
+    enable_callback: bool
     proxy_mode: str
     alarm_email: str
     reserved_concurrency: int
@@ -108,16 +151,43 @@ class StackConfig:
     def log_retention(self) -> logs.RetentionDays:
         return RETENTION_DAYS[self.log_retention_days]
 
+    @property
+    def heartbeat_fanout(self) -> bool:
+        return self.heartbeat_mode == HEARTBEAT_MODE_FANOUT
+
+    @property
+    def heartbeat_max_idle_days(self) -> float:
+        """Return the longest idle age the schedule allows: due, then one run plus the tolerated failed runs.
+
+        :func:`tokenkeeper.heartbeat.validate_schedule` keeps it at least one day below the idle window.
+        """
+        return self.heartbeat_threshold_days + self.heartbeat_period_hours / 24 * (
+            1 + self.heartbeat_failed_runs_tolerated
+        )
+
     @classmethod
     def from_mapping(cls, context: Mapping[str, Any]) -> "StackConfig":
         """Validate ``context``, keyed as in cdk.json. A missing key takes its default."""
         values = {key: context.get(key, default) for key, default in DEFAULTS.items()}
         idle_window_days = _whole_number(values, "idle_window_days", minimum=1)
+        schedule = _schedule(values["heartbeat_schedule"], idle_window_days)
+        threshold_days = _positive_number(values, "heartbeat_threshold_days")
+        period_hours = _period_hours(values["heartbeat_period_hours"], schedule)
+        failed_runs_tolerated = _whole_number(values, "heartbeat_failed_runs_tolerated", minimum=0)
+        _check_heartbeat_timing(schedule, idle_window_days, threshold_days, period_hours, failed_runs_tolerated)
+        _check_alarm_period(period_hours, schedule)
+        mode = _heartbeat_mode(values["heartbeat_mode"])
         return cls(
             region=_region(values["region"]),
             stack_name=_matching(values, "stack_name", _STACK_NAME, _STACK_NAME_RULE),
-            heartbeat_schedule=_schedule(values["heartbeat_schedule"], idle_window_days),
+            heartbeat_schedule=schedule,
             idle_window_days=idle_window_days,
+            heartbeat_threshold_days=threshold_days,
+            heartbeat_period_hours=period_hours,
+            heartbeat_failed_runs_tolerated=failed_runs_tolerated,
+            heartbeat_concurrency=_heartbeat_concurrency(values["heartbeat_concurrency"], mode),
+            heartbeat_mode=mode,
+            enable_callback=_boolean(values, "enable_callback"),
             proxy_mode=_proxy_mode(values["proxy_mode"]),
             alarm_email=_optional_matching(values, "alarm_email", _EMAIL, "it is not an email address"),
             reserved_concurrency=_whole_number(values, "reserved_concurrency", minimum=1),
@@ -247,3 +317,126 @@ def _schedule(raw: Any, idle_window_days: int) -> str:
             fix,
         )
     return expression
+
+
+def _rate_hours(expression: str) -> float | None:
+    """Return the interval of a ``rate(...)`` expression in hours, or None for ``cron(...)``."""
+    rate = _RATE.match(expression)
+    if not rate:
+        return None
+    return int(rate.group("value")) * _SECONDS_PER_UNIT[rate.group("unit").rstrip("s")] / 3600
+
+
+def _positive_number(values: Mapping[str, Any], key: str) -> float:
+    raw = values[key]
+    fix = _fix(key, DEFAULTS[key] if DEFAULTS[key] is not None else 24)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ConfigError(key, raw, "it must be a number", fix)
+    try:
+        number = float(raw)
+    except ValueError:
+        raise ConfigError(key, raw, "it must be a number", fix) from None
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(key, raw, "it must be a number greater than 0", fix)
+    return number
+
+
+def _period_hours(raw: Any, schedule: str) -> float:
+    """Return the hours between two heartbeat runs: the rate's interval, or the value given for a cron."""
+    rate_hours = _rate_hours(schedule)
+    if raw is None or raw == "":
+        if rate_hours is None:
+            raise ConfigError(
+                "heartbeat_period_hours",
+                raw,
+                f"the schedule {schedule!r} is a cron expression, so the stack cannot derive the time between "
+                "two runs from it",
+                "Set heartbeat_period_hours in cdk.json to the longest gap between two runs of the cron "
+                "expression, or pass it, for example -c heartbeat_period_hours=24.",
+            )
+        return rate_hours
+
+    period_hours = _positive_number({"heartbeat_period_hours": raw}, "heartbeat_period_hours")
+    if rate_hours is not None and not math.isclose(period_hours, rate_hours):
+        raise ConfigError(
+            "heartbeat_period_hours",
+            raw,
+            f"the schedule {schedule!r} runs every {rate_hours:g} hours",
+            "Set heartbeat_period_hours to null in cdk.json for a rate(...) schedule, or to the rate's interval.",
+        )
+    return period_hours
+
+
+def _check_alarm_period(period_hours: float, schedule: str) -> None:
+    if period_hours > MAX_HEARTBEAT_PERIOD_HOURS:
+        raise ConfigError(
+            "heartbeat_schedule",
+            schedule,
+            f"it runs every {period_hours:g} hours, but the alarm for a missing run spans two runs and "
+            f"CloudWatch evaluates an alarm over at most 7 days, so runs may be at most "
+            f"{MAX_HEARTBEAT_PERIOD_HOURS} hours apart",
+            _fix("heartbeat_schedule", '"rate(1 day)"'),
+        )
+
+
+def _check_heartbeat_timing(
+    schedule: str, window_days: int, threshold_days: float, period_hours: float, failed_runs_tolerated: int
+) -> None:
+    """Raise ConfigError if a connection could reach the idle window between two successful runs."""
+    try:
+        validate_schedule(window_days, threshold_days, period_hours, failed_runs_tolerated)
+    except ConfigurationError as exc:
+        named = (
+            f"idle_window_days={window_days}, heartbeat_threshold_days={threshold_days:g}, "
+            f"heartbeat_schedule={schedule!r} (a run every {period_hours:g} hours), "
+            f"heartbeat_failed_runs_tolerated={failed_runs_tolerated}"
+        )
+        runtime_message = exc.message.rstrip(".")
+        raise ConfigError(
+            "heartbeat_schedule",
+            schedule,
+            f"with {named}, {runtime_message[:1].lower()}{runtime_message[1:]}",
+            "Run the heartbeat more often, lower heartbeat_threshold_days or "
+            "heartbeat_failed_runs_tolerated in cdk.json, or pass them with -c.",
+        ) from None
+
+
+def _heartbeat_mode(raw: Any) -> str:
+    mode = _text({"heartbeat_mode": raw}, "heartbeat_mode")
+    if mode not in HEARTBEAT_MODES:
+        raise ConfigError(
+            "heartbeat_mode",
+            raw,
+            f"supported modes are {', '.join(HEARTBEAT_MODES)}",
+            _fix("heartbeat_mode", HEARTBEAT_MODE_SINGLE),
+        )
+    return mode
+
+
+def _heartbeat_concurrency(raw: Any, mode: str) -> int:
+    concurrency = _whole_number({"heartbeat_concurrency": raw}, "heartbeat_concurrency", minimum=1)
+    if mode == HEARTBEAT_MODE_FANOUT and concurrency < MIN_FANOUT_CONCURRENCY:
+        raise ConfigError(
+            "heartbeat_concurrency",
+            raw,
+            f"in fanout mode it is the SQS event source's maximum concurrency, which Lambda accepts "
+            f"from {MIN_FANOUT_CONCURRENCY}",
+            _fix("heartbeat_concurrency", DEFAULTS["heartbeat_concurrency"]),
+        )
+    if concurrency > MAX_CONCURRENCY:
+        raise ConfigError(
+            "heartbeat_concurrency",
+            raw,
+            f"it must be at most {MAX_CONCURRENCY}, the most redemptions the heartbeat runs at once",
+            _fix("heartbeat_concurrency", DEFAULTS["heartbeat_concurrency"]),
+        )
+    return concurrency
+
+
+def _boolean(values: Mapping[str, Any], key: str) -> bool:
+    raw = values[key]
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    raise ConfigError(key, raw, "it must be true or false", _fix(key, "true"))

@@ -173,11 +173,12 @@ class TokenKeeperFunctions(Construct):
         code_directory: Path,
         description: str,
         timeout: Duration,
+        handler: str = "app.handler",
         reserved_concurrency: int | None = None,
         on_failure: lambda_.IDestination | None = None,
         environment: Mapping[str, str] | None = None,
     ) -> lambda_.Function:
-        """Build a function from ``code_directory`` (handler ``app.handler``) with the shared conventions."""
+        """Build a function from ``code_directory`` with the shared conventions. ``handler`` is ``module.function``."""
         role = iam.Role(
             self,
             f"{construct_id}Role",
@@ -199,7 +200,7 @@ class TokenKeeperFunctions(Construct):
             description=description,
             runtime=RUNTIME,
             architecture=ARCHITECTURE,
-            handler="app.handler",
+            handler=handler,
             code=lambda_.Code.from_asset(str(code_directory), exclude=["__pycache__", "*.pyc", "tests"]),
             layers=[self.shared_layer, self.powertools_layer],
             memory_size=MEMORY_SIZE_MB,

@@ -32,7 +32,32 @@ METRIC_TOKENS_RESCUED = "TokensRescued"
 # to authorize again. Transient kinds are retried by the runtime and only shown on the dashboard.
 ALARMED_FAILURE_KINDS = ("egress_not_allowlisted", "proxy_authentication_failed", "chain_dead")
 
+METRIC_ANNOUNCEMENTS_FAILED = "AnnouncementsFailed"
+METRIC_HEARTBEAT_DUE = "HeartbeatDue"
+METRIC_HEARTBEAT_REFRESHED = "HeartbeatRefreshed"
+METRIC_HEARTBEAT_SKIPPED = "HeartbeatSkipped"
+METRIC_HEARTBEAT_FAILED = "HeartbeatFailed"
+METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED = "HeartbeatReauthorizationRequired"
+METRIC_HEARTBEAT_RECOVERED = "HeartbeatRecovered"
+METRIC_HEARTBEAT_NOT_STARTED = "HeartbeatNotStarted"
+METRIC_HEARTBEAT_ENQUEUED = "HeartbeatEnqueued"
+METRIC_HEARTBEAT_OLDEST_IDLE = "HeartbeatOldestIdleSeconds"
+HEARTBEAT_RUN_COUNTERS = (
+    METRIC_HEARTBEAT_DUE,
+    METRIC_HEARTBEAT_REFRESHED,
+    METRIC_HEARTBEAT_SKIPPED,
+    METRIC_HEARTBEAT_FAILED,
+    METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED,
+    METRIC_HEARTBEAT_RECOVERED,
+    METRIC_HEARTBEAT_NOT_STARTED,
+    METRIC_HEARTBEAT_ENQUEUED,
+)
+
 PERIOD = Duration.minutes(5)
+# Scheduled intervals without a finished heartbeat run before HeartbeatMissing fires.
+HEARTBEAT_MISSING_PERIODS = 2
+# A run emits one data point per counter, so hourly sums show each run as one bar.
+HEARTBEAT_WIDGET_PERIOD = Duration.hours(1)
 
 
 class TokenKeeperMonitoring(Construct):
@@ -92,9 +117,10 @@ class TokenKeeperMonitoring(Construct):
         description: str,
         threshold: float = 1,
         comparison: cloudwatch.ComparisonOperator = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        evaluation_periods: int = 1,
         treat_missing_data: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
     ) -> cloudwatch.Alarm:
-        """Create an alarm over one period that notifies the topic when it fires and when it recovers."""
+        """Create an alarm that fires when all ``evaluation_periods`` breach, and notifies the topic when it fires and recovers."""
         alarm = cloudwatch.Alarm(
             self,
             construct_id,
@@ -102,7 +128,7 @@ class TokenKeeperMonitoring(Construct):
             alarm_description=description,
             threshold=threshold,
             comparison_operator=comparison,
-            evaluation_periods=1,
+            evaluation_periods=evaluation_periods,
             treat_missing_data=treat_missing_data,
         )
         alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.topic))
@@ -115,31 +141,54 @@ class TokenKeeperMonitoring(Construct):
         *,
         heartbeat_function: lambda_.IFunction,
         expected_interval: Duration,
-        oldest_idle_age: cloudwatch.IMetric,
         max_idle_age: Duration,
+        idle_window: Duration,
+        worker_function: lambda_.IFunction | None = None,
+        worker_dlq: sqs.IQueue | None = None,
     ) -> list[cloudwatch.Alarm]:
-        """Alarm when the heartbeat has not run for one ``expected_interval`` or a connection idles too long.
+        """Add the heartbeat's alarms and dashboard rows; return the alarms.
 
-        ``oldest_idle_age`` is the heartbeat's own metric: the age, in seconds, of the connection
-        redeemed longest ago. ``max_idle_age`` is the age at which operators must act. Set it below
-        the Salesforce idle window, so that there is time to act before the token expires.
+        ``expected_interval`` is the time between two scheduled runs. ``max_idle_age`` is the
+        longest idle age the schedule allows, below ``idle_window``, the age at which Salesforce
+        expires a refresh token. ``worker_function`` and ``worker_dlq`` exist in fanout mode only.
         """
-        invocations = heartbeat_function.metric_invocations(period=expected_interval, statistic="Sum")
-        missing = self.add_alarm(
-            "HeartbeatMissing",
-            metric=invocations,
-            description="The heartbeat did not run in its scheduled interval, so idle refresh tokens may expire.",
-            threshold=1,
-            comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-        )
-        idle = self.add_alarm(
-            "OldestIdleAge",
-            metric=oldest_idle_age,
-            description="A connection has not been redeemed for longer than the allowed idle age.",
-            threshold=max_idle_age.to_seconds(),
-        )
-        return [missing, idle]
+        # The scheduled run emits the oldest idle age once when it finishes, also when nothing is
+        # due, so a period without a data point is a period without a finished run.
+        runs = heartbeat_metric(METRIC_HEARTBEAT_OLDEST_IDLE, statistic="SampleCount", period=expected_interval)
+        alarms = [
+            self.add_alarm(
+                "HeartbeatMissing",
+                metric=runs,
+                description="No heartbeat run finished in two scheduled intervals, so idle refresh tokens may expire.",
+                threshold=1,
+                comparison=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+                evaluation_periods=HEARTBEAT_MISSING_PERIODS,
+                treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            ),
+            self.add_alarm(
+                "HeartbeatOldestIdleAge",
+                metric=heartbeat_metric(METRIC_HEARTBEAT_OLDEST_IDLE, statistic="Maximum", period=expected_interval),
+                description="A due connection has been idle longer than the heartbeat schedule allows; it "
+                f"expires when idle for {idle_window.to_days():g} days.",
+                threshold=max_idle_age.to_seconds(),
+                comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            ),
+            self.add_alarm(
+                "HeartbeatReauthorizationRequired",
+                metric=heartbeat_metric(METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED, statistic="Sum", period=PERIOD),
+                description="The heartbeat found a dead refresh token chain; the subscriber's admin must connect again.",
+            ),
+        ]
+        if worker_dlq is not None:
+            alarms.append(
+                self.add_alarm(
+                    "HeartbeatDeadLetters",
+                    metric=worker_dlq.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum"),
+                    description="A heartbeat message failed on every delivery and is in the heartbeat dead-letter queue.",
+                )
+            )
+        self._add_heartbeat_widgets(heartbeat_function, worker_function, worker_dlq, max_idle_age, idle_window, alarms)
+        return alarms
 
     def _add_function_alarms(self, function: lambda_.IFunction, dlq: sqs.IQueue) -> None:
         self.add_alarm(
@@ -221,6 +270,67 @@ class TokenKeeperMonitoring(Construct):
             ),
         )
         self.dashboard.add_widgets(cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=24))
+
+
+    def _add_heartbeat_widgets(
+        self,
+        scheduler: lambda_.IFunction,
+        worker: lambda_.IFunction | None,
+        worker_dlq: sqs.IQueue | None,
+        max_idle_age: Duration,
+        idle_window: Duration,
+        alarms: list[cloudwatch.Alarm],
+    ) -> None:
+        period = HEARTBEAT_WIDGET_PERIOD
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Heartbeat runs",
+                left=[heartbeat_metric(name, statistic="Sum", period=period) for name in HEARTBEAT_RUN_COUNTERS],
+                width=12,
+            ),
+            cloudwatch.GraphWidget(
+                title="Oldest idle due connection (seconds)",
+                left=[heartbeat_metric(METRIC_HEARTBEAT_OLDEST_IDLE, statistic="Maximum", period=period)],
+                left_annotations=[
+                    cloudwatch.HorizontalAnnotation(value=max_idle_age.to_seconds(), label="Alarm"),
+                    cloudwatch.HorizontalAnnotation(value=idle_window.to_seconds(), label="Salesforce idle window"),
+                ],
+                width=12,
+            ),
+        )
+        functions = [scheduler] if worker is None else [scheduler, worker]
+        queue_metrics = [heartbeat_metric(METRIC_ANNOUNCEMENTS_FAILED, statistic="Sum", period=period)]
+        if worker_dlq is not None:
+            queue_metrics.append(worker_dlq.metric_approximate_number_of_messages_visible(period=period, statistic="Maximum"))
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Heartbeat functions",
+                left=[
+                    metric
+                    for function in functions
+                    for metric in (
+                        function.metric_invocations(period=period, statistic="Sum"),
+                        function.metric_errors(period=period, statistic="Sum"),
+                        function.metric_throttles(period=period, statistic="Sum"),
+                    )
+                ],
+                right=[function.metric_duration(period=period, statistic="Maximum") for function in functions],
+                width=12,
+            ),
+            cloudwatch.GraphWidget(title="Announcements failed and heartbeat dead letters", left=queue_metrics, width=12),
+        )
+        self.dashboard.add_widgets(cloudwatch.AlarmStatusWidget(title="Heartbeat alarms", alarms=alarms, width=24))
+
+
+def heartbeat_metric(name: str, *, statistic: str, period: Duration) -> cloudwatch.Metric:
+    """Return the heartbeat metric ``name``, emitted with the ``service`` dimension only."""
+    return cloudwatch.Metric(
+        namespace=METRICS_NAMESPACE,
+        metric_name=name,
+        dimensions_map={"service": SERVICE_NAME},
+        statistic=statistic,
+        period=period,
+    )
 
 
 def custom_metric(name: str) -> cloudwatch.Metric:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from infra.callback import TokenKeeperCallback
 from infra.config import StackConfig
+from infra.events import TokenKeeperEvents
 from infra.functions import TokenKeeperFunctions
+from infra.heartbeat import TokenKeeperHeartbeat, expected_interval
 from infra.monitoring import TokenKeeperMonitoring
 from infra.secrets import TokenKeeperSecrets
 from infra.storage import TokenStorage
@@ -18,9 +21,9 @@ __all__ = ["TokenKeeperStack"]
 class TokenKeeperStack(Stack):
     """Stack that keeps Salesforce refresh token chains alive for the Lambdas that invoke its refresh function.
 
-    The heartbeat function is added later through :attr:`functions` (``add_function``,
-    ``grant_token_access``), :attr:`storage` (``grant_heartbeat_query``) and :attr:`monitoring`
-    (``add_heartbeat_alarms``), with the schedule and idle window in :attr:`config`.
+    The refresh function serves tokens, the heartbeat redeems idle connections on a schedule and
+    announces changes on :attr:`announcements`, and the optional callback (``enable_callback``)
+    finishes connecting an org after the admin's consent in the browser.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: StackConfig, **kwargs) -> None:
@@ -51,6 +54,30 @@ class TokenKeeperStack(Stack):
             alarm_email=config.alarm_email,
             dashboard_name=config.stack_name,
         )
+
+        self.announcements = TokenKeeperEvents(self, "Announcements", bus_name=f"{config.stack_name}-events")
+        self.heartbeat = TokenKeeperHeartbeat(
+            self,
+            "Heartbeat",
+            config=config,
+            functions=self.functions,
+            storage=self.storage,
+            announcements=self.announcements,
+        )
+        self.monitoring.add_heartbeat_alarms(
+            heartbeat_function=self.heartbeat.scheduler,
+            expected_interval=expected_interval(config.heartbeat_period_hours),
+            max_idle_age=Duration.seconds(round(config.heartbeat_max_idle_days * 86400)),
+            idle_window=Duration.days(config.idle_window_days),
+            worker_function=self.heartbeat.worker,
+            worker_dlq=self.heartbeat.dead_letter_queue,
+        )
+
+        self.callback: TokenKeeperCallback | None = None
+        if config.enable_callback:
+            self.callback = TokenKeeperCallback(
+                self, "Callback", functions=self.functions, storage=self.storage, secrets=self.secrets
+            )
 
         self._add_outputs()
 
@@ -89,3 +116,22 @@ class TokenKeeperStack(Stack):
         )
         CfnOutput(self, "AlarmTopicArn", value=self.monitoring.topic.topic_arn)
         CfnOutput(self, "DeadLetterQueueUrl", value=self.functions.refresh_dlq.queue_url)
+
+        CfnOutput(self, "HeartbeatFunctionName", value=self.heartbeat.scheduler.function_name)
+        if self.heartbeat.dead_letter_queue is not None:
+            CfnOutput(self, "HeartbeatDeadLetterQueueUrl", value=self.heartbeat.dead_letter_queue.queue_url)
+        CfnOutput(
+            self,
+            "EventBusName",
+            value=self.announcements.bus.event_bus_name,
+            description="Bus of the tokenkeeper announcements; add a rule here to act on them",
+        )
+        CfnOutput(self, "EventBusArn", value=self.announcements.bus.event_bus_arn)
+
+        if self.callback is not None:
+            CfnOutput(
+                self,
+                "CallbackUrl",
+                value=self.callback.url.url,
+                description="Register this as the External Client App's callback URL",
+            )

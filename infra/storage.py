@@ -80,6 +80,18 @@ class TokenStorage(Construct):
             resource_arns=[self.table.table_arn],
         )
 
+    def grant_pending_authorization_access(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Grant GetItem, PutItem and DeleteItem on the table, for the authorization callback.
+
+        Connecting an org reads a connection summary, deletes the pending authorization (and puts
+        it back when the proxy fails before the exchange), and creates the connection item.
+        """
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
+            resource_arns=[self.table.table_arn],
+        )
+
     def grant_heartbeat_query(self, grantee: iam.IGrantable) -> iam.Grant:
         """Grant Query on the ``heartbeat-due`` index only, for the heartbeat function."""
         return iam.Grant.add_to_principal(
@@ -88,15 +100,20 @@ class TokenStorage(Construct):
             resource_arns=[f"{self.table.table_arn}/index/{HEARTBEAT_INDEX_NAME}"],
         )
 
-    def grant_token_sealing(self, grantee: iam.IGrantable) -> None:
-        """Grant Encrypt, Decrypt and GenerateDataKey on the token key, with a connection id context only.
+    def grant_token_sealing(
+        self,
+        grantee: iam.IGrantable,
+        *,
+        actions: tuple[str, ...] = ("kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"),
+    ) -> None:
+        """Grant ``actions`` (default Encrypt, Decrypt and GenerateDataKey) on the token key, with a connection id context only.
 
         ``ForAllValues`` alone also matches a request without any encryption context, so the
         ``Null`` clause requires the context to be present.
         """
         grantee.grant_principal.add_to_principal_policy(
             iam.PolicyStatement(
-                actions=["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"],
+                actions=list(actions),
                 resources=[self.token_key.key_arn],
                 conditions={
                     "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": [TOKEN_ENCRYPTION_CONTEXT_KEY]},

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_cdk import Duration
-from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk.assertions import Annotations, Match
@@ -21,6 +19,7 @@ from infra import functions as functions_module
 from infra.bundling import pinned_requirement
 from infra.config import DEFAULTS, ConfigError, StackConfig
 from infra.functions import REFRESH_TIMEOUT, RUNTIME, powertools_layer_arn
+from infra.heartbeat import WORKER_TIMEOUT
 from infra.monitoring import ALARMED_FAILURE_KINDS
 from infra.stack import TokenKeeperStack
 
@@ -80,25 +79,33 @@ def test_nag_reports_no_warnings(synthesized):
     assert warnings == [], "\n".join(f"{w.id}: {w.entry.data}" for w in warnings)
 
 
-def test_nag_suppressions_are_the_expected_few(synthesized):
-    stack = synthesized.stack
-    refresh_policy = stack.functions.refresh.role.node.find_child("DefaultPolicy")
-    # Every suppression in the stack: (logical id, rule, IAM5 applies_to). A new suppression must
-    # be added here on purpose.
-    expected = {
-        (logical_id(synthesized, stack.secrets.client_credentials), "AwsSolutions-SMG4", ()),
-        (logical_id(synthesized, stack.secrets.proxy_url), "AwsSolutions-SMG4", ()),
-        (logical_id(synthesized, stack.functions.refresh_dlq), "AwsSolutions-SQS3", ()),
-        (logical_id(synthesized, refresh_policy), "AwsSolutions-IAM5", ("Resource::*",)),
-    }
-
+def suppressions(synthesized) -> set[tuple]:
+    """Return every cdk-nag suppression in the template as (logical id, rule, IAM5 applies_to)."""
     found = set()
     for resource_id, resource in synthesized.template.to_json()["Resources"].items():
         for rule in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", []):
             found.add((resource_id, rule["id"], tuple(rule.get("applies_to", ()))))
             assert len(rule["reason"]) >= 60, f"{rule['id']} on {resource_id} needs a reason that says why"
+    return found
 
-    assert found == expected
+
+def xray_suppression(synthesized, function) -> tuple:
+    policy = function.role.node.find_child("DefaultPolicy")
+    return (logical_id(synthesized, policy), "AwsSolutions-IAM5", ("Resource::*",))
+
+
+def test_nag_suppressions_are_the_expected_few(synthesized):
+    stack = synthesized.stack
+    # Every suppression in the stack. A new suppression must be added here on purpose.
+    expected = {
+        (logical_id(synthesized, stack.secrets.client_credentials), "AwsSolutions-SMG4", ()),
+        (logical_id(synthesized, stack.secrets.proxy_url), "AwsSolutions-SMG4", ()),
+        (logical_id(synthesized, stack.functions.refresh_dlq), "AwsSolutions-SQS3", ()),
+        xray_suppression(synthesized, stack.functions.refresh),
+        xray_suppression(synthesized, stack.heartbeat.scheduler),
+    }
+
+    assert suppressions(synthesized) == expected
 
 
 def test_cfn_lint_reports_nothing(synthesized, tmp_path):
@@ -320,12 +327,16 @@ def test_retry_budget_matches_runtime_defaults():
 def test_refresh_failures_go_to_encrypted_dlq(synthesized):
     stack = synthesized.stack
     dlq_id = logical_id(synthesized, stack.functions.refresh_dlq)
-    _, invoke_config = synthesized.only("AWS::Lambda::EventInvokeConfig")
+    refresh_ref = {"Ref": logical_id(synthesized, stack.functions.refresh)}
+    invoke_config = next(
+        body
+        for body in synthesized.resources("AWS::Lambda::EventInvokeConfig").values()
+        if body["Properties"]["FunctionName"] == refresh_ref
+    )
     queue = synthesized.resources("AWS::SQS::Queue")[dlq_id]
     _, queue_policy = synthesized.only("AWS::SQS::QueuePolicy")
 
     assert invoke_config["Properties"]["DestinationConfig"] == {"OnFailure": {"Destination": get_att_arn(dlq_id)}}
-    assert invoke_config["Properties"]["FunctionName"] == {"Ref": logical_id(synthesized, stack.functions.refresh)}
     assert queue["Properties"]["SqsManagedSseEnabled"] is True
     assert queue_policy["Properties"]["PolicyDocument"]["Statement"][0]["Condition"] == {
         "Bool": {"aws:SecureTransport": "false"}
@@ -363,12 +374,18 @@ def test_refresh_arn_exported(synthesized):
 
 
 def alarm_index(synthesized) -> dict[tuple, dict]:
-    """Map (namespace, metric name, dimensions) to the alarm body, for single-metric alarms."""
+    """Map (namespace, metric name, dimensions) to the alarm body, for single-metric alarms.
+
+    Alarms on HeartbeatOldestIdleSeconds, the one metric with two alarms, add the statistic to the key.
+    """
     index = {}
     for body in synthesized.resources("AWS::CloudWatch::Alarm").values():
         properties = body["Properties"]
         dimensions = tuple(sorted((d["Name"], json.dumps(d["Value"])) for d in properties.get("Dimensions", [])))
-        index[(properties["Namespace"], properties["MetricName"], dimensions)] = body
+        key = (properties["Namespace"], properties["MetricName"], dimensions)
+        if properties["MetricName"] == "HeartbeatOldestIdleSeconds":
+            key += (properties["Statistic"],)
+        index[key] = body
     return index
 
 
@@ -387,6 +404,10 @@ def test_alarms_cover_function_and_custom_metrics(synthesized):
             ("TokenKeeper", "RedemptionFailures", tuple(sorted([("kind", json.dumps(kind)), service])))
             for kind in ("egress_not_allowlisted", "proxy_authentication_failed", "chain_dead")
         ],
+        # The heartbeat's missing-run and oldest-idle alarms share one metric, with two statistics.
+        ("TokenKeeper", "HeartbeatOldestIdleSeconds", (service,), "SampleCount"),
+        ("TokenKeeper", "HeartbeatOldestIdleSeconds", (service,), "Maximum"),
+        ("TokenKeeper", "HeartbeatReauthorizationRequired", (service,)),
     ]
 
     index = alarm_index(synthesized)
@@ -394,10 +415,23 @@ def test_alarms_cover_function_and_custom_metrics(synthesized):
     assert sorted(index) == sorted(expected)
 
 
+def refresh_alarms(synthesized) -> list[dict]:
+    heartbeat_ids = {logical_id(synthesized, alarm) for alarm in heartbeat_alarm_constructs(synthesized.stack)}
+    return [body for key, body in synthesized.resources("AWS::CloudWatch::Alarm").items() if key not in heartbeat_ids]
+
+
+def heartbeat_alarm_constructs(stack) -> list:
+    monitoring = stack.monitoring
+    names = ("HeartbeatMissing", "HeartbeatOldestIdleAge", "HeartbeatReauthorizationRequired", "HeartbeatDeadLetters")
+    return [monitoring.node.try_find_child(name) for name in names if monitoring.node.try_find_child(name)]
+
+
 def test_alarms_notify_topic_on_first_data_point(synthesized):
     topic = {"Ref": logical_id(synthesized, synthesized.stack.monitoring.topic)}
+    alarms = refresh_alarms(synthesized)
 
-    for body in synthesized.resources("AWS::CloudWatch::Alarm").values():
+    assert len(alarms) == 7
+    for body in alarms:
         properties = body["Properties"]
         assert properties["AlarmActions"] == [topic]
         assert properties["OKActions"] == [topic]
@@ -450,6 +484,250 @@ def test_alarmed_failure_kinds_exist_in_runtime():
     assert set(ALARMED_FAILURE_KINDS) <= runtime_kinds
 
 
+# --- heartbeat, single mode (the stack as cdk.json configures it) -----------------------------
+
+HEARTBEAT_VARIABLES = {
+    "TOKENKEEPER_IDLE_WINDOW_DAYS",
+    "TOKENKEEPER_HEARTBEAT_THRESHOLD_DAYS",
+    "TOKENKEEPER_HEARTBEAT_PERIOD_HOURS",
+    "TOKENKEEPER_HEARTBEAT_FAILED_RUNS_TOLERATED",
+    "TOKENKEEPER_HEARTBEAT_CONCURRENCY",
+    "TOKENKEEPER_EVENT_BUS_NAME",
+    "TOKENKEEPER_HEARTBEAT_QUEUE_URL",
+}
+
+
+def function_body(synthesized, function) -> dict:
+    return synthesized.resources("AWS::Lambda::Function")[logical_id(synthesized, function)]
+
+
+def function_statements(synthesized, function) -> list[dict]:
+    return role_statements(synthesized, function_body(synthesized, function)["Properties"]["Role"]["Fn::GetAtt"][0])
+
+
+def token_environment(synthesized) -> dict:
+    """The variables every function gets, as the refresh function has them."""
+    return refresh_function(synthesized)["Properties"]["Environment"]["Variables"]
+
+
+def common_statements(synthesized, function) -> list[dict]:
+    """The log and X-Ray statements every function's policy starts with."""
+    log_group = function_body(synthesized, function)["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+    return [
+        {"Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Effect": "Allow", "Resource": get_att_arn(log_group)},
+        {"Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Effect": "Allow", "Resource": "*"},
+    ]
+
+
+def refresh_statement(synthesized, first_action: str) -> dict:
+    """The refresh function's statement whose first action is ``first_action``."""
+    statements = function_statements(synthesized, synthesized.stack.functions.refresh)
+    return next(s for s in statements if (s["Action"] if isinstance(s["Action"], str) else s["Action"][0]) == first_action)
+
+
+def index_query_statement(synthesized) -> dict:
+    table_id = logical_id(synthesized, synthesized.stack.storage.table)
+    return {
+        "Action": "dynamodb:Query",
+        "Effect": "Allow",
+        "Resource": {"Fn::Join": ["", [get_att_arn(table_id), "/index/heartbeat-due"]]},
+    }
+
+
+def put_events_statement(synthesized) -> dict:
+    bus_id = logical_id(synthesized, synthesized.stack.announcements.bus)
+    return {"Action": "events:PutEvents", "Effect": "Allow", "Resource": get_att_arn(bus_id)}
+
+
+def assert_same_statements(actual: list[dict], expected: list[dict]) -> None:
+    assert len(actual) == len(expected)
+    assert {normalized(s) for s in actual} == {normalized(s) for s in expected}
+
+
+def test_heartbeat_runs_like_refresh_function(synthesized):
+    heartbeat = function_body(synthesized, synthesized.stack.heartbeat.scheduler)["Properties"]
+    refresh = refresh_function(synthesized)["Properties"]
+    log_group = synthesized.resources("AWS::Logs::LogGroup")[heartbeat["LoggingConfig"]["LogGroup"]["Ref"]]
+
+    for key in ("Runtime", "Architectures", "Layers", "TracingConfig", "MemorySize"):
+        assert heartbeat[key] == refresh[key], key
+    assert heartbeat["LoggingConfig"]["LogFormat"] == "JSON"
+    assert log_group["Properties"]["RetentionInDays"] == DEFAULTS["log_retention_days"]
+    assert heartbeat["Handler"] == "app.handler"
+    assert heartbeat["Timeout"] == 900
+    assert heartbeat["ReservedConcurrentExecutions"] == 1
+
+
+def test_heartbeat_schedule_targets_scheduler(synthesized):
+    scheduler_id = logical_id(synthesized, synthesized.stack.heartbeat.scheduler)
+    rule_id, rule = synthesized.only("AWS::Events::Rule")
+    permissions = [
+        body["Properties"]
+        for body in synthesized.resources("AWS::Lambda::Permission").values()
+        if body["Properties"]["Principal"] == "events.amazonaws.com"
+    ]
+
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 day)"
+    assert "EventBusName" not in rule["Properties"]
+    assert rule["Properties"]["Targets"] == [
+        {
+            "Arn": get_att_arn(scheduler_id),
+            "Id": "Target0",
+            "RetryPolicy": {"MaximumEventAgeInSeconds": 3600, "MaximumRetryAttempts": 2},
+        }
+    ]
+    assert permissions == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": get_att_arn(scheduler_id),
+            "Principal": "events.amazonaws.com",
+            "SourceArn": get_att_arn(rule_id),
+        }
+    ]
+
+
+def test_heartbeat_environment_single_mode(synthesized):
+    variables = function_body(synthesized, synthesized.stack.heartbeat.scheduler)["Properties"]["Environment"]["Variables"]
+    bus_id = logical_id(synthesized, synthesized.stack.announcements.bus)
+
+    assert variables == {
+        **token_environment(synthesized),
+        "TOKENKEEPER_IDLE_WINDOW_DAYS": "30",
+        "TOKENKEEPER_HEARTBEAT_THRESHOLD_DAYS": "20",
+        "TOKENKEEPER_HEARTBEAT_PERIOD_HOURS": "24",
+        "TOKENKEEPER_HEARTBEAT_FAILED_RUNS_TOLERATED": "3",
+        "TOKENKEEPER_HEARTBEAT_CONCURRENCY": "8",
+        "TOKENKEEPER_EVENT_BUS_NAME": {"Ref": bus_id},
+    }
+
+
+def test_heartbeat_variable_names_match_runtime():
+    from tokenkeeper import heartbeat
+
+    runtime_names = {value for name, value in vars(heartbeat).items() if name.startswith("ENV_")}
+
+    assert HEARTBEAT_VARIABLES <= runtime_names
+
+
+def test_heartbeat_policy_single_mode_is_exact(synthesized):
+    scheduler = synthesized.stack.heartbeat.scheduler
+    expected = [
+        *common_statements(synthesized, scheduler),
+        index_query_statement(synthesized),
+        refresh_statement(synthesized, "dynamodb:GetItem"),
+        refresh_statement(synthesized, "secretsmanager:GetSecretValue"),
+        refresh_statement(synthesized, "kms:Encrypt"),
+        refresh_statement(synthesized, "kms:Decrypt"),
+        put_events_statement(synthesized),
+    ]
+
+    assert_same_statements(function_statements(synthesized, scheduler), expected)
+
+
+def test_heartbeat_role_has_no_managed_policy(synthesized):
+    role_id = function_body(synthesized, synthesized.stack.heartbeat.scheduler)["Properties"]["Role"]["Fn::GetAtt"][0]
+    role = synthesized.resources("AWS::IAM::Role")[role_id]
+
+    assert "ManagedPolicyArns" not in role["Properties"]
+
+
+def test_single_mode_has_no_queue_or_worker(synthesized):
+    outputs = synthesized.template.to_json()["Outputs"]
+
+    assert synthesized.stack.heartbeat.worker is None
+    assert list(synthesized.resources("AWS::SQS::Queue")) == [
+        logical_id(synthesized, synthesized.stack.functions.refresh_dlq)
+    ]
+    assert synthesized.resources("AWS::Lambda::EventSourceMapping") == {}
+    assert "HeartbeatDeadLetterQueueUrl" not in outputs
+
+
+def test_event_bus_named_and_output(synthesized):
+    bus_id, bus = synthesized.only("AWS::Events::EventBus")
+    outputs = synthesized.template.to_json()["Outputs"]
+
+    assert bus["Properties"]["Name"] == "TokenKeeper-events"
+    assert outputs["EventBusName"]["Value"] == {"Ref": bus_id}
+    assert outputs["EventBusArn"]["Value"] == get_att_arn(bus_id)
+
+
+def test_heartbeat_alarms_single_mode(synthesized):
+    service = (("service", json.dumps("tokenkeeper")),)
+    index = alarm_index(synthesized)
+    missing = index[("TokenKeeper", "HeartbeatOldestIdleSeconds", service, "SampleCount")]["Properties"]
+    oldest = index[("TokenKeeper", "HeartbeatOldestIdleSeconds", service, "Maximum")]["Properties"]
+    reauthorization = index[("TokenKeeper", "HeartbeatReauthorizationRequired", service)]["Properties"]
+    topic = [{"Ref": logical_id(synthesized, synthesized.stack.monitoring.topic)}]
+
+    assert missing["Period"] == 86400
+    assert missing["EvaluationPeriods"] == 2
+    assert "DatapointsToAlarm" not in missing
+    assert missing["ComparisonOperator"] == "LessThanThreshold"
+    assert missing["Threshold"] == 1
+    assert missing["TreatMissingData"] == "breaching"
+
+    assert oldest["Period"] == 86400
+    assert oldest["ComparisonOperator"] == "GreaterThanThreshold"
+    # 20 days due threshold + 24 hours x (1 + 3 failed runs), 6 days before the 30-day window.
+    assert oldest["Threshold"] == 24 * 86400
+    assert oldest["TreatMissingData"] == "notBreaching"
+
+    assert reauthorization["Statistic"] == "Sum"
+    assert reauthorization["Period"] == 300
+    assert reauthorization["Threshold"] == 1
+    assert reauthorization["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+    for properties in (missing, oldest, reauthorization):
+        assert properties["AlarmActions"] == topic
+        assert properties["OKActions"] == topic
+
+
+def test_dashboard_shows_heartbeat_metrics(synthesized):
+    _, dashboard = synthesized.only("AWS::CloudWatch::Dashboard")
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    scheduler_id = logical_id(synthesized, synthesized.stack.heartbeat.scheduler)
+
+    for metric in (
+        "HeartbeatDue",
+        "HeartbeatRefreshed",
+        "HeartbeatSkipped",
+        "HeartbeatFailed",
+        "HeartbeatReauthorizationRequired",
+        "HeartbeatRecovered",
+        "HeartbeatNotStarted",
+        "HeartbeatEnqueued",
+        "HeartbeatOldestIdleSeconds",
+        "AnnouncementsFailed",
+    ):
+        assert f'\\"{metric}\\"' in body, metric
+    assert json.dumps({"Ref": scheduler_id}) in body
+
+
+def test_heartbeat_metric_names_match_runtime():
+    from infra import monitoring
+    from tokenkeeper import observability
+
+    assert monitoring.METRIC_ANNOUNCEMENTS_FAILED == observability.METRIC_ANNOUNCEMENTS_FAILED
+    assert monitoring.METRIC_HEARTBEAT_DUE == observability.METRIC_HEARTBEAT_DUE
+    assert monitoring.METRIC_HEARTBEAT_REFRESHED == observability.METRIC_HEARTBEAT_REFRESHED
+    assert monitoring.METRIC_HEARTBEAT_SKIPPED == observability.METRIC_HEARTBEAT_SKIPPED
+    assert monitoring.METRIC_HEARTBEAT_FAILED == observability.METRIC_HEARTBEAT_FAILED
+    assert monitoring.METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED == observability.METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED
+    assert monitoring.METRIC_HEARTBEAT_RECOVERED == observability.METRIC_HEARTBEAT_RECOVERED
+    assert monitoring.METRIC_HEARTBEAT_NOT_STARTED == observability.METRIC_HEARTBEAT_NOT_STARTED
+    assert monitoring.METRIC_HEARTBEAT_ENQUEUED == observability.METRIC_HEARTBEAT_ENQUEUED
+    assert monitoring.METRIC_HEARTBEAT_OLDEST_IDLE == observability.METRIC_HEARTBEAT_OLDEST_IDLE
+
+
+def test_no_callback_by_default(synthesized):
+    outputs = synthesized.template.to_json()["Outputs"]
+
+    assert synthesized.stack.callback is None
+    assert synthesized.resources("AWS::Lambda::Url") == {}
+    assert "CallbackUrl" not in outputs
+
+
+
 # --- context variants and extension points ---------------------------------------------------
 
 VARIANT_CONTEXT = {
@@ -460,39 +738,31 @@ VARIANT_CONTEXT = {
     "client_secret_name": "acme/salesforce-client",
     "proxy_secret_name": "acme/quotaguard",
     "reserved_concurrency": "20",
+    "heartbeat_schedule": "cron(0 */12 * * ? *)",
+    "heartbeat_period_hours": "12",
+    "heartbeat_threshold_days": "15",
+    "heartbeat_failed_runs_tolerated": "2",
+    "heartbeat_concurrency": "4",
+    "heartbeat_mode": "fanout",
+    "enable_callback": "true",
 }
+# 15 days due threshold + 12 hours x (1 + 2 failed runs).
+VARIANT_MAX_IDLE_SECONDS = 15 * 86400 + 3 * 12 * 3600
 
 
-def add_heartbeat(stack: TokenKeeperStack, code_directory: Path) -> None:
-    """Add what the heartbeat will: a function, its index query, its alarms and an invoker."""
-    heartbeat = stack.functions.add_function(
-        "Heartbeat",
-        code_directory=code_directory,
-        description="Test heartbeat",
-        timeout=Duration.minutes(5),
-    )
-    stack.functions.grant_token_access(heartbeat)
-    stack.storage.grant_heartbeat_query(heartbeat)
-    stack.grant_invoke_refresh(heartbeat)
-    stack.monitoring.add_heartbeat_alarms(
-        heartbeat_function=heartbeat,
-        expected_interval=Duration.days(1),
-        oldest_idle_age=cloudwatch.Metric(
-            namespace="TokenKeeper", metric_name="OldestIdleSeconds", dimensions_map={"service": "tokenkeeper"}
-        ),
-        max_idle_age=Duration.days(20),
-    )
+def add_consumer(stack: TokenKeeperStack) -> None:
+    """Add what an ISV's own function would: a role that may invoke the refresh function."""
+    consumer = iam.Role(stack, "Consumer", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+    stack.grant_invoke_refresh(consumer)
 
 
 @pytest.fixture(scope="module")
 def variant(tmp_path_factory, synthesize_stack):
-    code = tmp_path_factory.mktemp("heartbeat")
-    (code / "app.py").write_text("def handler(event, context):\n    return None\n", encoding="utf-8")
     return synthesize_stack(
-        VARIANT_CONTEXT,
+        {key: value for key, value in VARIANT_CONTEXT.items() if value is not None},
         tmp_path_factory.mktemp("variant.out"),
         bundling=False,
-        extend=lambda stack: add_heartbeat(stack, code),
+        extend=add_consumer,
     )
 
 
@@ -533,33 +803,243 @@ def test_variant_context_reaches_resources(variant):
     assert outputs["RefreshFunctionArn"]["Export"] == {"Name": "AcmeTokens-RefreshFunctionArn"}
 
 
-def test_heartbeat_extension_grants_index_query_and_invoke(variant):
-    functions = variant.resources("AWS::Lambda::Function")
-    refresh_id = logical_id(variant, variant.stack.functions.refresh)
-    heartbeat_role = next(
-        body["Properties"]["Role"]["Fn::GetAtt"][0] for key, body in functions.items() if key != refresh_id
-    )
-    table_id = logical_id(variant, variant.stack.storage.table)
+def test_variant_nag_suppressions_are_the_expected_few(variant):
+    stack = variant.stack
+    expected = {
+        (logical_id(variant, stack.functions.refresh_dlq), "AwsSolutions-SQS3", ()),
+        (logical_id(variant, stack.heartbeat.dead_letter_queue), "AwsSolutions-SQS3", ()),
+        xray_suppression(variant, stack.functions.refresh),
+        xray_suppression(variant, stack.heartbeat.scheduler),
+        xray_suppression(variant, stack.heartbeat.worker),
+        xray_suppression(variant, stack.callback.function),
+    }
 
-    statements = role_statements(variant, heartbeat_role)
-
-    assert {
-        "Action": "dynamodb:Query",
-        "Effect": "Allow",
-        "Resource": {"Fn::Join": ["", [get_att_arn(table_id), "/index/heartbeat-due"]]},
-    } in statements
-    assert {"Action": "lambda:InvokeFunction", "Effect": "Allow", "Resource": get_att_arn(refresh_id)} in statements
+    assert suppressions(variant) == expected
 
 
-def test_heartbeat_alarms_added(variant):
+# --- heartbeat, fanout mode, and the callback (the variant) -----------------------------------
+
+
+def test_fanout_schedule_uses_cron(variant):
+    _, rule = variant.only("AWS::Events::Rule")
+
+    assert rule["Properties"]["ScheduleExpression"] == "cron(0 */12 * * ? *)"
+    assert rule["Properties"]["Targets"][0]["Arn"] == get_att_arn(logical_id(variant, variant.stack.heartbeat.scheduler))
+
+
+def test_fanout_queue_encrypted_with_dead_letter_queue(variant):
+    heartbeat = variant.stack.heartbeat
+    queues = variant.resources("AWS::SQS::Queue")
+    queue = queues[logical_id(variant, heartbeat.queue)]["Properties"]
+    dead_letters = queues[logical_id(variant, heartbeat.dead_letter_queue)]["Properties"]
+
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["VisibilityTimeout"] == 6 * WORKER_TIMEOUT.to_seconds()
+    assert queue["RedrivePolicy"] == {
+        "deadLetterTargetArn": get_att_arn(logical_id(variant, heartbeat.dead_letter_queue)),
+        "maxReceiveCount": 3,
+    }
+    assert dead_letters["SqsManagedSseEnabled"] is True
+    assert dead_letters["MessageRetentionPeriod"] == 14 * 86400
+
+
+def test_fanout_queues_reject_plain_http(variant):
+    heartbeat = variant.stack.heartbeat
+    policies = variant.resources("AWS::SQS::QueuePolicy").values()
+
+    for queue in (heartbeat.queue, heartbeat.dead_letter_queue):
+        queue_ref = {"Ref": logical_id(variant, queue)}
+        policy = next(body for body in policies if body["Properties"]["Queues"] == [queue_ref])
+        statement = policy["Properties"]["PolicyDocument"]["Statement"][0]
+        assert statement["Effect"] == "Deny"
+        assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_fanout_worker_event_source(variant):
+    heartbeat = variant.stack.heartbeat
+    _, mapping = variant.only("AWS::Lambda::EventSourceMapping")
+
+    assert mapping["Properties"] == {
+        "BatchSize": 5,
+        "EventSourceArn": get_att_arn(logical_id(variant, heartbeat.queue)),
+        "FunctionName": {"Ref": logical_id(variant, heartbeat.worker)},
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "ScalingConfig": {"MaximumConcurrency": 4},
+    }
+
+
+def test_fanout_worker_function(variant):
+    worker = function_body(variant, variant.stack.heartbeat.worker)["Properties"]
+
+    assert worker["Handler"] == "app.worker_handler"
+    # Five redemptions one after another, each as long as one refresh call at worst.
+    assert worker["Timeout"] == 5 * REFRESH_TIMEOUT.to_seconds()
+    assert worker["Timeout"] <= 900
+    assert "ReservedConcurrentExecutions" not in worker
+
+
+def test_fanout_scheduler_environment(variant):
+    heartbeat = variant.stack.heartbeat
+    variables = function_body(variant, heartbeat.scheduler)["Properties"]["Environment"]["Variables"]
+
+    assert variables == {
+        **token_environment(variant),
+        "TOKENKEEPER_IDLE_WINDOW_DAYS": "30",
+        "TOKENKEEPER_HEARTBEAT_THRESHOLD_DAYS": "15",
+        "TOKENKEEPER_HEARTBEAT_PERIOD_HOURS": "12",
+        "TOKENKEEPER_HEARTBEAT_FAILED_RUNS_TOLERATED": "2",
+        "TOKENKEEPER_HEARTBEAT_QUEUE_URL": {"Ref": logical_id(variant, heartbeat.queue)},
+    }
+
+
+def test_fanout_worker_environment(variant):
+    variables = function_body(variant, variant.stack.heartbeat.worker)["Properties"]["Environment"]["Variables"]
+
+    assert variables == {
+        **token_environment(variant),
+        "TOKENKEEPER_IDLE_WINDOW_DAYS": "30",
+        "TOKENKEEPER_HEARTBEAT_THRESHOLD_DAYS": "15",
+        "TOKENKEEPER_HEARTBEAT_PERIOD_HOURS": "12",
+        "TOKENKEEPER_HEARTBEAT_FAILED_RUNS_TOLERATED": "2",
+        "TOKENKEEPER_HEARTBEAT_CONCURRENCY": "1",
+        "TOKENKEEPER_EVENT_BUS_NAME": {"Ref": logical_id(variant, variant.stack.announcements.bus)},
+    }
+
+
+def test_fanout_scheduler_policy_is_exact(variant):
+    scheduler = variant.stack.heartbeat.scheduler
+    expected = [
+        *common_statements(variant, scheduler),
+        index_query_statement(variant),
+        {
+            "Action": "kms:Decrypt",
+            "Condition": {"StringEquals": {"kms:ViaService": ["dynamodb.eu-west-1.amazonaws.com"]}},
+            "Effect": "Allow",
+            "Resource": get_att_arn(logical_id(variant, variant.stack.storage.data_key)),
+        },
+        {
+            "Action": "sqs:SendMessage",
+            "Effect": "Allow",
+            "Resource": get_att_arn(logical_id(variant, variant.stack.heartbeat.queue)),
+        },
+    ]
+
+    assert_same_statements(function_statements(variant, scheduler), expected)
+
+
+def test_fanout_worker_policy_is_exact(variant):
+    worker = variant.stack.heartbeat.worker
+    expected = [
+        *common_statements(variant, worker),
+        refresh_statement(variant, "dynamodb:GetItem"),
+        refresh_statement(variant, "secretsmanager:GetSecretValue"),
+        refresh_statement(variant, "kms:Encrypt"),
+        refresh_statement(variant, "kms:Decrypt"),
+        put_events_statement(variant),
+        {
+            "Action": [
+                "sqs:ReceiveMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueUrl",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+            ],
+            "Effect": "Allow",
+            "Resource": get_att_arn(logical_id(variant, variant.stack.heartbeat.queue)),
+        },
+    ]
+
+    assert_same_statements(function_statements(variant, worker), expected)
+
+
+def test_fanout_alarms(variant):
+    service = (("service", json.dumps("tokenkeeper")),)
     index = alarm_index(variant)
-    missing = next(body for key, body in index.items() if key[:2] == ("AWS/Lambda", "Invocations"))
-    idle = index[("TokenKeeper", "OldestIdleSeconds", (("service", json.dumps("tokenkeeper")),))]
+    dead_letters_name = json.dumps(
+        {"Fn::GetAtt": [logical_id(variant, variant.stack.heartbeat.dead_letter_queue), "QueueName"]}
+    )
+    missing = index[("TokenKeeper", "HeartbeatOldestIdleSeconds", service, "SampleCount")]["Properties"]
+    oldest = index[("TokenKeeper", "HeartbeatOldestIdleSeconds", service, "Maximum")]["Properties"]
+    dead_letters = index[("AWS/SQS", "ApproximateNumberOfMessagesVisible", (("QueueName", dead_letters_name),))]
 
-    assert missing["Properties"]["ComparisonOperator"] == "LessThanThreshold"
-    assert missing["Properties"]["TreatMissingData"] == "breaching"
-    assert missing["Properties"]["Period"] == 86400
-    assert idle["Properties"]["Threshold"] == 20 * 86400
+    assert missing["Period"] == 12 * 3600
+    assert missing["EvaluationPeriods"] == 2
+    assert oldest["Period"] == 12 * 3600
+    assert oldest["Threshold"] == VARIANT_MAX_IDLE_SECONDS
+    assert dead_letters["Properties"]["Statistic"] == "Maximum"
+    assert dead_letters["Properties"]["Threshold"] == 1
+    assert dead_letters["Properties"]["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_fanout_outputs(variant):
+    outputs = variant.template.to_json()["Outputs"]
+    bus_id, bus = variant.only("AWS::Events::EventBus")
+
+    assert outputs["HeartbeatDeadLetterQueueUrl"]["Value"] == {
+        "Ref": logical_id(variant, variant.stack.heartbeat.dead_letter_queue)
+    }
+    assert bus["Properties"]["Name"] == "AcmeTokens-events"
+    assert outputs["EventBusName"]["Value"] == {"Ref": bus_id}
+
+
+def test_callback_function_url_public(variant):
+    callback = variant.stack.callback
+    callback_id = logical_id(variant, callback.function)
+    url_id, url = variant.only("AWS::Lambda::Url")
+    permissions = sorted(
+        (
+            body["Properties"]
+            for body in variant.resources("AWS::Lambda::Permission").values()
+            if body["Properties"]["FunctionName"] == get_att_arn(callback_id)
+        ),
+        key=lambda properties: properties["Action"],
+    )
+    outputs = variant.template.to_json()["Outputs"]
+
+    assert url["Properties"] == {"AuthType": "NONE", "TargetFunctionArn": get_att_arn(callback_id)}
+    assert permissions == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": get_att_arn(callback_id),
+            "InvokedViaFunctionUrl": True,
+            "Principal": "*",
+        },
+        {
+            "Action": "lambda:InvokeFunctionUrl",
+            "FunctionName": get_att_arn(callback_id),
+            "FunctionUrlAuthType": "NONE",
+            "Principal": "*",
+        },
+    ]
+    assert outputs["CallbackUrl"]["Value"] == {"Fn::GetAtt": [url_id, "FunctionUrl"]}
+
+
+def test_callback_function(variant):
+    callback = function_body(variant, variant.stack.callback.function)["Properties"]
+
+    assert callback["Handler"] == "app.handler"
+    assert callback["Timeout"] == 60
+    assert callback["ReservedConcurrentExecutions"] == 5
+    assert callback["Environment"]["Variables"] == token_environment(variant)
+
+
+def test_callback_policy_is_exact(variant):
+    function = variant.stack.callback.function
+    token_key = refresh_statement(variant, "kms:Encrypt")
+    expected = [
+        *common_statements(variant, function),
+        {
+            "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"],
+            "Effect": "Allow",
+            "Resource": get_att_arn(logical_id(variant, variant.stack.storage.table)),
+        },
+        refresh_statement(variant, "secretsmanager:GetSecretValue"),
+        {**token_key, "Action": ["kms:Encrypt", "kms:Decrypt"]},
+        refresh_statement(variant, "kms:Decrypt"),
+    ]
+
+    assert_same_statements(function_statements(variant, function), expected)
+
 
 
 # --- context validation ------------------------------------------------------------------------
@@ -577,10 +1057,32 @@ def test_config_accepts_command_line_strings():
 
 
 @pytest.mark.parametrize(
-    "schedule", ["rate(1 day)", "rate(12 hours)", "rate(29 days)", "cron(0 3 * * ? *)"]
+    ("schedule", "period_hours"), [("rate(1 day)", 24), ("rate(12 hours)", 12), ("rate(2 days)", 48), ("rate(30 minutes)", 0.5)]
 )
-def test_config_accepts_schedule(schedule):
-    assert StackConfig.from_mapping({"heartbeat_schedule": schedule}).heartbeat_schedule == schedule
+def test_config_derives_period_from_rate(schedule, period_hours):
+    config = StackConfig.from_mapping({"heartbeat_schedule": schedule})
+
+    assert config.heartbeat_schedule == schedule
+    assert config.heartbeat_period_hours == period_hours
+
+
+def test_config_accepts_cron_with_period():
+    config = StackConfig.from_mapping({"heartbeat_schedule": "cron(0 3 * * ? *)", "heartbeat_period_hours": "24"})
+
+    assert config.heartbeat_schedule == "cron(0 3 * * ? *)"
+    assert config.heartbeat_period_hours == 24
+
+
+def test_config_heartbeat_defaults():
+    config = StackConfig.from_mapping({})
+
+    assert config.heartbeat_threshold_days == 20
+    assert config.heartbeat_period_hours == 24
+    assert config.heartbeat_failed_runs_tolerated == 3
+    assert config.heartbeat_concurrency == 8
+    assert config.heartbeat_mode == "single"
+    assert config.enable_callback is False
+    assert config.heartbeat_max_idle_days == 24
 
 
 @pytest.mark.parametrize(
@@ -601,6 +1103,18 @@ def test_config_accepts_schedule(schedule):
         ("heartbeat_schedule", "rate(2 day)"),
         ("heartbeat_schedule", "every day"),
         ("heartbeat_schedule", "cron(0 3 * * ?)"),
+        ("heartbeat_schedule", "rate(29 days)"),
+        ("heartbeat_schedule", "rate(4 days)"),
+        ("heartbeat_schedule", "rate(90 hours)"),
+        ("heartbeat_period_hours", 12),
+        ("heartbeat_threshold_days", 0),
+        ("heartbeat_threshold_days", "soon"),
+        ("heartbeat_failed_runs_tolerated", -1),
+        ("heartbeat_concurrency", 0),
+        ("heartbeat_concurrency", 65),
+        ("heartbeat_mode", "direct"),
+        ("enable_callback", "yes"),
+        ("enable_callback", 1),
         ("idle_window_days", 0),
         ("proxy_mode", "shield"),
         ("alarm_email", "ops"),
@@ -615,6 +1129,43 @@ def test_config_rejects_invalid_value(key, value):
     assert caught.value.key == key
     assert f"{key}=" in str(caught.value)
     assert "cdk.json" in str(caught.value)
+
+
+def test_config_rejects_threshold_not_below_window():
+    with pytest.raises(ConfigError) as caught:
+        StackConfig.from_mapping({"heartbeat_threshold_days": 30})
+
+    assert "heartbeat_threshold_days=30" in str(caught.value)
+    assert "threshold must be shorter than the idle window" in str(caught.value)
+
+
+def test_config_rejects_cron_without_period():
+    with pytest.raises(ConfigError) as caught:
+        StackConfig.from_mapping({"heartbeat_schedule": "cron(0 3 * * ? *)"})
+
+    assert caught.value.key == "heartbeat_period_hours"
+    assert "heartbeat_period_hours=24" in str(caught.value)
+
+
+def test_config_fanout_needs_two_workers():
+    with pytest.raises(ConfigError) as caught:
+        StackConfig.from_mapping({"heartbeat_mode": "fanout", "heartbeat_concurrency": 1})
+
+    assert caught.value.key == "heartbeat_concurrency"
+    assert "fanout" in str(caught.value)
+
+
+def test_config_unsafe_schedule_names_values():
+    with pytest.raises(ConfigError) as caught:
+        StackConfig.from_mapping({"heartbeat_schedule": "rate(3 days)"})
+    message = str(caught.value)
+
+    assert caught.value.key == "heartbeat_schedule"
+    assert "idle_window_days=30" in message
+    assert "heartbeat_threshold_days=20" in message
+    assert "heartbeat_schedule='rate(3 days)' (a run every 72 hours)" in message
+    assert "heartbeat_failed_runs_tolerated=3" in message
+    assert "exceeds the 10 days between the threshold and the end of the window" in message
 
 
 def test_config_rejects_schedule_longer_than_idle_window():
@@ -663,8 +1214,8 @@ def test_grant_invoke_refresh_on_consumer_role(variant):
 # --- the command-line tool -----------------------------------------------------------------------
 
 
-@pytest.mark.synth
-def test_cdk_cli_synth_succeeds(tmp_path):
+def cdk_cli_command() -> tuple[str, dict]:
+    """Return npx and the environment that keeps the CDK command-line tool off the network."""
     cdk_cli = REPO_ROOT / "node_modules" / "aws-cdk"
     npx = shutil.which("npx")
     if not cdk_cli.is_dir() or npx is None:
@@ -681,6 +1232,12 @@ def test_cdk_cli_synth_succeeds(tmp_path):
         # app.py runs with this interpreter, as `make synth` runs it with the project's venv.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    return npx, environment
+
+
+@pytest.mark.synth
+def test_cdk_cli_synth_succeeds(tmp_path):
+    npx, environment = cdk_cli_command()
     output = tmp_path / "cdk.out"
 
     result = subprocess.run(
@@ -696,3 +1253,29 @@ def test_cdk_cli_synth_succeeds(tmp_path):
     assert result.returncode == 0, result.stderr
     template = json.loads((output / "TokenKeeper.template.json").read_text(encoding="utf-8"))
     assert "AWS::Lambda::Function" in {body["Type"] for body in template["Resources"].values()}
+
+
+@pytest.mark.synth
+def test_cdk_cli_synth_rejects_unsafe_schedule(tmp_path):
+    npx, environment = cdk_cli_command()
+
+    result = subprocess.run(
+        [
+            npx, "--no-install", "cdk", "--no-notices", "synth", "--quiet",
+            "--output", str(tmp_path / "cdk.out"),
+            "-c", "heartbeat_schedule=rate(3 days)",
+        ],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )  # fmt: skip
+
+    assert result.returncode != 0
+    assert "heartbeat_schedule='rate(3 days)' (a run every 72 hours)" in result.stderr
+    assert "idle_window_days=30" in result.stderr
+    assert "heartbeat_threshold_days=20" in result.stderr
+    assert "heartbeat_failed_runs_tolerated=3" in result.stderr
+    assert not (tmp_path / "cdk.out" / "TokenKeeper.template.json").exists()
