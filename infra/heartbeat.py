@@ -63,7 +63,7 @@ QUEUE_RETENTION = Duration.days(4)
 WORKER_CONCURRENCY = 1
 
 _DLQ_REASON = (
-    "This queue is itself the dead-letter queue of the heartbeat queue; an operator reads and "
+    "This queue is itself the dead-letter queue of the heartbeat queue. An operator reads and "
     "deletes its messages, so nothing consumes it automatically that could fail again."
 )
 

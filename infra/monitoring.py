@@ -13,6 +13,7 @@ from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
@@ -42,6 +43,12 @@ METRIC_HEARTBEAT_RECOVERED = "HeartbeatRecovered"
 METRIC_HEARTBEAT_NOT_STARTED = "HeartbeatNotStarted"
 METRIC_HEARTBEAT_ENQUEUED = "HeartbeatEnqueued"
 METRIC_HEARTBEAT_OLDEST_IDLE = "HeartbeatOldestIdleSeconds"
+# Not emitted by the runtime: a metric filter counts the run summaries whose Query on the
+# heartbeat-due index failed, because such a run still emits HeartbeatOldestIdleSeconds.
+# NOTE: the pattern matches the top-level field that the Powertools logger writes. A test checks
+# it against that logger's output, not against a deployed log group.
+METRIC_HEARTBEAT_QUERY_FAILED = "HeartbeatQueryFailed"
+HEARTBEAT_QUERY_FAILED_PATTERN = '{ $.stopped_reason = "query_failed" }'
 HEARTBEAT_RUN_COUNTERS = (
     METRIC_HEARTBEAT_DUE,
     METRIC_HEARTBEAT_REFRESHED,
@@ -146,7 +153,7 @@ class TokenKeeperMonitoring(Construct):
         worker_function: lambda_.IFunction | None = None,
         worker_dlq: sqs.IQueue | None = None,
     ) -> list[cloudwatch.Alarm]:
-        """Add the heartbeat's alarms and dashboard rows; return the alarms.
+        """Add the heartbeat's alarms and dashboard rows, and return the alarms.
 
         ``expected_interval`` is the time between two scheduled runs. ``max_idle_age`` is the
         longest idle age the schedule allows, below ``idle_window``, the age at which Salesforce
@@ -168,15 +175,21 @@ class TokenKeeperMonitoring(Construct):
             self.add_alarm(
                 "HeartbeatOldestIdleAge",
                 metric=heartbeat_metric(METRIC_HEARTBEAT_OLDEST_IDLE, statistic="Maximum", period=expected_interval),
-                description="A due connection has been idle longer than the heartbeat schedule allows; it "
+                description="A due connection has been idle longer than the heartbeat schedule allows. It "
                 f"expires when idle for {idle_window.to_days():g} days.",
                 threshold=max_idle_age.to_seconds(),
                 comparison=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
             ),
             self.add_alarm(
+                "HeartbeatQueryFailed",
+                metric=self._query_failures(heartbeat_function),
+                description="A heartbeat run could not query the heartbeat-due index, so the connections it did "
+                "not read stay due. See the heartbeat logs.",
+            ),
+            self.add_alarm(
                 "HeartbeatReauthorizationRequired",
                 metric=heartbeat_metric(METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED, statistic="Sum", period=PERIOD),
-                description="The heartbeat found a dead refresh token chain; the subscriber's admin must connect again.",
+                description="The heartbeat found a dead refresh token chain. The subscriber's admin must connect again.",
             ),
         ]
         if worker_dlq is not None:
@@ -271,6 +284,18 @@ class TokenKeeperMonitoring(Construct):
         )
         self.dashboard.add_widgets(cloudwatch.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=24))
 
+    def _query_failures(self, heartbeat_function: lambda_.IFunction) -> cloudwatch.Metric:
+        """Count the heartbeat's run summaries with ``stopped_reason`` ``query_failed`` in its JSON logs."""
+        metric_filter = logs.MetricFilter(
+            self,
+            "HeartbeatQueryFailedFilter",
+            log_group=heartbeat_function.log_group,
+            filter_pattern=logs.FilterPattern.literal(HEARTBEAT_QUERY_FAILED_PATTERN),
+            metric_namespace=METRICS_NAMESPACE,
+            metric_name=METRIC_HEARTBEAT_QUERY_FAILED,
+            metric_value="1",
+        )
+        return metric_filter.metric(statistic="Sum", period=PERIOD)
 
     def _add_heartbeat_widgets(
         self,

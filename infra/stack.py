@@ -124,7 +124,7 @@ class TokenKeeperStack(Stack):
             self,
             "EventBusName",
             value=self.announcements.bus.event_bus_name,
-            description="Bus of the tokenkeeper announcements; add a rule here to act on them",
+            description="Bus of the tokenkeeper announcements. Add a rule here to act on them",
         )
         CfnOutput(self, "EventBusArn", value=self.announcements.bus.event_bus_arn)
 

@@ -408,6 +408,7 @@ def test_alarms_cover_function_and_custom_metrics(synthesized):
         ("TokenKeeper", "HeartbeatOldestIdleSeconds", (service,), "SampleCount"),
         ("TokenKeeper", "HeartbeatOldestIdleSeconds", (service,), "Maximum"),
         ("TokenKeeper", "HeartbeatReauthorizationRequired", (service,)),
+        ("TokenKeeper", "HeartbeatQueryFailed", ()),
     ]
 
     index = alarm_index(synthesized)
@@ -422,7 +423,13 @@ def refresh_alarms(synthesized) -> list[dict]:
 
 def heartbeat_alarm_constructs(stack) -> list:
     monitoring = stack.monitoring
-    names = ("HeartbeatMissing", "HeartbeatOldestIdleAge", "HeartbeatReauthorizationRequired", "HeartbeatDeadLetters")
+    names = (
+        "HeartbeatMissing",
+        "HeartbeatOldestIdleAge",
+        "HeartbeatQueryFailed",
+        "HeartbeatReauthorizationRequired",
+        "HeartbeatDeadLetters",
+    )
     return [monitoring.node.try_find_child(name) for name in names if monitoring.node.try_find_child(name)]
 
 
@@ -680,6 +687,44 @@ def test_heartbeat_alarms_single_mode(synthesized):
     for properties in (missing, oldest, reauthorization):
         assert properties["AlarmActions"] == topic
         assert properties["OKActions"] == topic
+
+
+def test_heartbeat_query_failures_counted_from_logs(synthesized):
+    _, metric_filter = synthesized.only("AWS::Logs::MetricFilter")
+    scheduler = function_body(synthesized, synthesized.stack.heartbeat.scheduler)["Properties"]
+    alarm = alarm_index(synthesized)[("TokenKeeper", "HeartbeatQueryFailed", ())]["Properties"]
+
+    assert metric_filter["Properties"] == {
+        "FilterPattern": '{ $.stopped_reason = "query_failed" }',
+        "LogGroupName": {"Ref": scheduler["LoggingConfig"]["LogGroup"]["Ref"]},
+        "MetricTransformations": [
+            {"MetricName": "HeartbeatQueryFailed", "MetricNamespace": "TokenKeeper", "MetricValue": "1"}
+        ],
+    }
+    assert alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_query_failure_pattern_matches_runtime_log():
+    import io
+    import logging
+    import re
+
+    from aws_lambda_powertools import Logger
+    from tokenkeeper.heartbeat import RunSummary
+
+    from infra.monitoring import HEARTBEAT_QUERY_FAILED_PATTERN
+
+    stream = io.StringIO()
+    logger = Logger(service="tokenkeeper-pattern-test", logger_handler=logging.StreamHandler(stream))
+    summary = RunSummary(mode="direct", stopped_reason="query_failed")
+    # The heartbeat function logs its summary this way, as the fields of one JSON line.
+    logger.info("Heartbeat run finished", extra=summary.to_log())
+    record = json.loads(stream.getvalue().strip())
+    field, value = re.fullmatch(r'\{ \$\.(\w+) = "([^"]+)" \}', HEARTBEAT_QUERY_FAILED_PATTERN).groups()
+
+    assert record[field] == value
 
 
 def test_dashboard_shows_heartbeat_metrics(synthesized):
