@@ -20,7 +20,7 @@ from tokenkeeper.config import Settings
 from tokenkeeper.errors import AuthorizationStateError, InvalidEventError, SalesforceOAuthError, TokenKeeperError
 from tokenkeeper.observability import count, logger, metrics, tracer
 from tokenkeeper.operations import Operations
-from tokenkeeper.runtime import Runtime
+from tokenkeeper.runtime import ContainerSlot, Runtime
 
 METRIC_CALLBACKS = "AuthorizationCallbacks"
 # The code is in the page's own URL, so no Referer may carry it on, and nothing may be cached.
@@ -33,21 +33,10 @@ RESPONSE_HEADERS = {
 }
 MAX_PARAMETER_LENGTH = 4096
 
-_runtime: Runtime | None = None
-
-
-def get_runtime() -> Runtime:
-    """Build the container's runtime on first use; a configuration error is raised per invocation."""
-    global _runtime
-    if _runtime is None:
-        _runtime = Runtime(Settings.from_environment())
-    return _runtime
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Replace the container's runtime, as the local world does to aim it at local endpoints."""
-    global _runtime
-    _runtime = runtime
+_runtime: ContainerSlot[Runtime] = ContainerSlot(lambda: Runtime(Settings.from_environment()))
+# Tests and the local world call these to read or replace the container's runtime.
+get_runtime = _runtime.get
+set_runtime = _runtime.set
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -16,22 +16,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tokenkeeper.errors import InvalidEventError
 from tokenkeeper.heartbeat import OUTCOME_FAILED, HeartbeatRuntime, KeepAliveFailedError, Outcome, RunSummary
 from tokenkeeper.observability import logger, metrics, tracer
+from tokenkeeper.runtime import ContainerSlot
 
-_runtime: HeartbeatRuntime | None = None
-
-
-def get_runtime() -> HeartbeatRuntime:
-    """Build the container's runtime on first use; a configuration error is raised per invocation."""
-    global _runtime
-    if _runtime is None:
-        _runtime = HeartbeatRuntime.from_environment()
-    return _runtime
-
-
-def set_runtime(runtime: HeartbeatRuntime | None) -> None:
-    """Replace the container's runtime, as the local world does to aim it at local endpoints."""
-    global _runtime
-    _runtime = runtime
+_runtime: ContainerSlot[HeartbeatRuntime] = ContainerSlot(lambda: HeartbeatRuntime.from_environment())
+# Tests and the local world call these to read or replace the container's runtime.
+get_runtime = _runtime.get
+set_runtime = _runtime.set
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -20,28 +20,17 @@ from tokenkeeper.errors import InvalidEventError, TokenKeeperError
 from tokenkeeper.observability import METRIC_REQUESTS, count, logger, metrics, tracer
 from tokenkeeper.operations import Operations, parse_action_request, run_action, validate_connection_id
 from tokenkeeper.refresher import MAX_MIN_TTL_SECONDS
-from tokenkeeper.runtime import Runtime
+from tokenkeeper.runtime import ContainerSlot, Runtime
 
 DEFAULT_MIN_TTL_SECONDS = 300
 # One data point per operator action event, so token request counts stay about token requests.
 METRIC_ACTIONS = "OperatorActions"
 EVENT_FIELDS = {"connection_id", "min_ttl_seconds", "force"}
 
-_runtime: Runtime | None = None
-
-
-def get_runtime() -> Runtime:
-    """Build the container's runtime on first use; a configuration error is raised per invocation."""
-    global _runtime
-    if _runtime is None:
-        _runtime = Runtime(Settings.from_environment())
-    return _runtime
-
-
-def set_runtime(runtime: Runtime | None) -> None:
-    """Replace the container's runtime, as the local world does to aim it at local endpoints."""
-    global _runtime
-    _runtime = runtime
+_runtime: ContainerSlot[Runtime] = ContainerSlot(lambda: Runtime(Settings.from_environment()))
+# Tests and the local world call these to read or replace the container's runtime.
+get_runtime = _runtime.get
+set_runtime = _runtime.set
 
 
 @logger.inject_lambda_context(clear_state=True)

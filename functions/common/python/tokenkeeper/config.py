@@ -7,6 +7,7 @@ default. :meth:`Settings.from_environment` validates every value at cold start a
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Mapping
@@ -95,14 +96,14 @@ class Settings:
             "token_key_id": _required(environ, ENV_TOKEN_KEY_ID),
             "ca_bundle": environ.get(ENV_CA_BUNDLE) or None,
             "allow_loopback_hosts": _boolean(environ, ENV_ALLOW_LOOPBACK_HOSTS, False),
-            "secrets_max_age_seconds": _number(environ, ENV_SECRETS_MAX_AGE, DEFAULT_SECRETS_MAX_AGE_SECONDS, int),
-            "default_session_seconds": _number(environ, ENV_DEFAULT_SESSION_SECONDS, DEFAULT_SESSION_SECONDS, int),
-            "expiry_leeway_seconds": _number(environ, ENV_EXPIRY_LEEWAY, DEFAULT_EXPIRY_LEEWAY_SECONDS, int),
-            "connect_timeout_seconds": _number(environ, ENV_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_SECONDS, float),
-            "read_timeout_seconds": _number(environ, ENV_READ_TIMEOUT, DEFAULT_READ_TIMEOUT_SECONDS, float),
-            "redeem_attempts": _number(environ, ENV_REDEEM_ATTEMPTS, DEFAULT_REDEEM_ATTEMPTS, int),
-            "max_wait_seconds": _number(environ, ENV_MAX_WAIT_SECONDS, DEFAULT_MAX_WAIT_SECONDS, float),
-            "lease_seconds": _number(environ, ENV_LEASE_SECONDS, 0.0, float),
+            "secrets_max_age_seconds": read_number(environ, ENV_SECRETS_MAX_AGE, DEFAULT_SECRETS_MAX_AGE_SECONDS, int),
+            "default_session_seconds": read_number(environ, ENV_DEFAULT_SESSION_SECONDS, DEFAULT_SESSION_SECONDS, int),
+            "expiry_leeway_seconds": read_number(environ, ENV_EXPIRY_LEEWAY, DEFAULT_EXPIRY_LEEWAY_SECONDS, int),
+            "connect_timeout_seconds": read_number(environ, ENV_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT_SECONDS, float),
+            "read_timeout_seconds": read_number(environ, ENV_READ_TIMEOUT, DEFAULT_READ_TIMEOUT_SECONDS, float),
+            "redeem_attempts": read_number(environ, ENV_REDEEM_ATTEMPTS, DEFAULT_REDEEM_ATTEMPTS, int),
+            "max_wait_seconds": read_number(environ, ENV_MAX_WAIT_SECONDS, DEFAULT_MAX_WAIT_SECONDS, float),
+            "lease_seconds": read_number(environ, ENV_LEASE_SECONDS, 0.0, float),
         }
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -131,7 +132,11 @@ def _boolean(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigurationError(f"Environment variable {name}={raw!r} is not a boolean; use true or false.")
 
 
-def _number(environ: Mapping[str, str], name: str, default, kind):
+def read_number(environ: Mapping[str, str], name: str, default, kind):
+    """Return the variable ``name`` as ``kind`` (int or float), or ``default`` when it is unset.
+
+    Raise :class:`ConfigurationError` naming the variable when it is not a finite number of 0 or more.
+    """
     raw = environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -141,6 +146,6 @@ def _number(environ: Mapping[str, str], name: str, default, kind):
         raise ConfigurationError(
             f"Environment variable {name}={raw!r} is not a {'whole number' if kind is int else 'number'}."
         ) from None
-    if value < 0:
-        raise ConfigurationError(f"Environment variable {name}={raw!r} must not be negative.")
+    if value < 0 or (kind is float and not math.isfinite(value)):
+        raise ConfigurationError(f"Environment variable {name}={raw!r} must be a finite number, 0 or more.")
     return value

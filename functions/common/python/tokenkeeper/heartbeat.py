@@ -16,7 +16,6 @@ Two ways to run:
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import threading
@@ -36,7 +35,7 @@ from tokenkeeper.announcements import (
     Announcement,
     Announcer,
 )
-from tokenkeeper.config import Settings
+from tokenkeeper.config import Settings, read_number
 from tokenkeeper.errors import (
     ConfigurationError,
     ConnectionInactiveError,
@@ -194,35 +193,20 @@ class HeartbeatConfig:
         """Build the configuration from ``environ`` (default ``os.environ``); keyword arguments win."""
         environ = os.environ if environ is None else environ
         values = {
-            "idle_window_days": _env_number(environ, ENV_IDLE_WINDOW_DAYS, DEFAULT_IDLE_WINDOW_DAYS, float),
-            "threshold_days": _env_number(environ, ENV_HEARTBEAT_THRESHOLD_DAYS, DEFAULT_THRESHOLD_DAYS, float),
-            "period_hours": _env_number(environ, ENV_HEARTBEAT_PERIOD_HOURS, DEFAULT_PERIOD_HOURS, float),
-            "failed_runs_tolerated": _env_number(
+            "idle_window_days": read_number(environ, ENV_IDLE_WINDOW_DAYS, DEFAULT_IDLE_WINDOW_DAYS, float),
+            "threshold_days": read_number(environ, ENV_HEARTBEAT_THRESHOLD_DAYS, DEFAULT_THRESHOLD_DAYS, float),
+            "period_hours": read_number(environ, ENV_HEARTBEAT_PERIOD_HOURS, DEFAULT_PERIOD_HOURS, float),
+            "failed_runs_tolerated": read_number(
                 environ, ENV_HEARTBEAT_FAILED_RUNS_TOLERATED, DEFAULT_FAILED_RUNS_TOLERATED, int
             ),
-            "concurrency": _env_number(environ, ENV_HEARTBEAT_CONCURRENCY, DEFAULT_CONCURRENCY, int),
-            "jitter_ms": _env_number(environ, ENV_HEARTBEAT_JITTER_MS, DEFAULT_JITTER_MS, int),
-            "safety_margin_seconds": _env_number(environ, ENV_HEARTBEAT_SAFETY_MARGIN_SECONDS, None, float),
+            "concurrency": read_number(environ, ENV_HEARTBEAT_CONCURRENCY, DEFAULT_CONCURRENCY, int),
+            "jitter_ms": read_number(environ, ENV_HEARTBEAT_JITTER_MS, DEFAULT_JITTER_MS, int),
+            "safety_margin_seconds": read_number(environ, ENV_HEARTBEAT_SAFETY_MARGIN_SECONDS, None, float),
             "event_bus_name": (environ.get(ENV_EVENT_BUS_NAME) or "").strip() or DEFAULT_EVENT_BUS_NAME,
             "queue_url": (environ.get(ENV_HEARTBEAT_QUEUE_URL) or "").strip() or None,
         }
         values.update(overrides)
         return cls(**values)
-
-
-def _env_number(environ: Mapping[str, str], name: str, default, kind):
-    raw = environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"Environment variable {name}={raw!r} is not a {'whole number' if kind is int else 'number'}."
-        ) from None
-    if value < 0 or (kind is float and not math.isfinite(value)):
-        raise ConfigurationError(f"Environment variable {name}={raw!r} must be a finite number, 0 or more.")
-    return value
 
 
 @dataclass(frozen=True)

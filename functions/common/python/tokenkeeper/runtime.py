@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -22,7 +22,7 @@ from tokenkeeper.secrets import SecretSource
 from tokenkeeper.store import ConnectionStore
 from tokenkeeper.transport import ProxyUrl, build_pool
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "ContainerSlot"]
 
 # Short AWS timeouts with the SDK's own retries: a slow DynamoDB answer must not eat the lease.
 AWS_CLIENT_CONFIG = Config(
@@ -118,3 +118,27 @@ class _LiveSalesforce:
 
     def __getattr__(self, name: str):
         return getattr(self._runtime.salesforce(), name)
+
+
+T = TypeVar("T")
+
+
+class ContainerSlot(Generic[T]):
+    """The one runtime object of a container, built by ``factory`` on first use.
+
+    Handlers build it lazily, so a configuration error is returned per invocation instead of
+    failing the container's start. :meth:`set` replaces it, as the local world does to aim a
+    handler at local endpoints.
+    """
+
+    def __init__(self, factory: Callable[[], T]):
+        self._factory = factory
+        self._value: T | None = None
+
+    def get(self) -> T:
+        if self._value is None:
+            self._value = self._factory()
+        return self._value
+
+    def set(self, value: T | None) -> None:
+        self._value = value
