@@ -1,4 +1,4 @@
-"""Local bundling of the shared layer: the tokenkeeper package plus urllib3, without Docker."""
+"""Local bundling of the shared layer: the tokenkeeper package plus urllib3 and PySocks, without Docker."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ __all__ = ["SharedLayerBundling", "pinned_requirement", "shared_layer_bundling_o
 # CDK falls back to Docker when local bundling returns False. This bundler never returns False, so
 # the image is never pulled. It is the image AWS SAM builds Python 3.14 functions in.
 FALLBACK_IMAGE = "public.ecr.aws/sam/build-python3.14"
-# The layer is built for arm64 and Python 3.14. urllib3 is pure Python, but naming the target
-# makes pip refuse a compiled wheel built for the machine that runs the synth.
+# The layer is built for arm64 and Python 3.14. urllib3 and PySocks are pure Python wheels, but
+# naming the target makes pip refuse a compiled wheel built for the machine that runs the synth.
 TARGET_PLATFORM = "manylinux2014_aarch64"
 TARGET_PYTHON_VERSION = "3.14"
 

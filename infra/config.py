@@ -57,7 +57,6 @@ DEFAULTS: Mapping[str, Any] = {
     "heartbeat_concurrency": 8,
     "heartbeat_mode": "single",
     "enable_callback": False,
-    "proxy_mode": "static",
     "alarm_email": "",
     "reserved_concurrency": 50,
     "log_retention_days": 90,
@@ -92,8 +91,15 @@ RETENTION_DAYS: Mapping[int, logs.RetentionDays] = {
     3653: logs.RetentionDays.TEN_YEARS,
 }
 
-# Only QuotaGuard Static, an HTTP proxy with two fixed egress addresses, is supported.
-PROXY_MODES = ("static",)
+# Keys the stack no longer reads, with the reason. A leftover value fails the synth instead of
+# being ignored, so nobody deploys in the belief that it still has an effect.
+REMOVED_KEYS: Mapping[str, str] = {
+    "proxy_mode": (
+        "the stack no longer reads it, because the functions choose the proxy type from the scheme of "
+        "the proxy URL secret (http:// QuotaGuard Static, https:// QuotaGuard Shield, socks5:// or "
+        "socks5h:// SOCKS5)"
+    ),
+}
 
 # single: one scheduled invocation redeems the due connections on a thread pool.
 # fanout: the scheduled invocation queues the due connection ids and SQS-triggered workers redeem them.
@@ -139,7 +145,6 @@ class StackConfig:
     heartbeat_concurrency: int
     heartbeat_mode: str
     enable_callback: bool
-    proxy_mode: str
     alarm_email: str
     reserved_concurrency: int
     log_retention_days: int
@@ -168,6 +173,7 @@ class StackConfig:
     @classmethod
     def from_mapping(cls, context: Mapping[str, Any]) -> "StackConfig":
         """Validate ``context``, keyed as in cdk.json. A missing key takes its default."""
+        _reject_removed_keys(context)
         values = {key: context.get(key, default) for key, default in DEFAULTS.items()}
         idle_window_days = _whole_number(values, "idle_window_days", minimum=1)
         schedule = _schedule(values["heartbeat_schedule"], idle_window_days)
@@ -188,7 +194,6 @@ class StackConfig:
             heartbeat_concurrency=_heartbeat_concurrency(values["heartbeat_concurrency"], mode),
             heartbeat_mode=mode,
             enable_callback=_boolean(values, "enable_callback"),
-            proxy_mode=_proxy_mode(values["proxy_mode"]),
             alarm_email=_optional_matching(values, "alarm_email", _EMAIL, "it is not an email address"),
             reserved_concurrency=_whole_number(values, "reserved_concurrency", minimum=1),
             log_retention_days=_retention(values["log_retention_days"]),
@@ -200,7 +205,7 @@ class StackConfig:
 
 def load_config(try_get_context: Callable[[str], Any]) -> StackConfig:
     """Build a :class:`StackConfig` from a lookup such as ``app.node.try_get_context``."""
-    context = {key: try_get_context(key) for key in DEFAULTS}
+    context = {key: try_get_context(key) for key in (*DEFAULTS, *REMOVED_KEYS)}
     present = {key: value for key, value in context.items() if value is not None}
     return StackConfig.from_mapping(present)
 
@@ -259,16 +264,12 @@ def _region(raw: Any) -> str:
     return _matching({"region": raw}, "region", _REGION, "it is not an AWS Region name such as us-east-1")
 
 
-def _proxy_mode(raw: Any) -> str:
-    mode = _text({"proxy_mode": raw}, "proxy_mode")
-    if mode not in PROXY_MODES:
-        raise ConfigError(
-            "proxy_mode",
-            raw,
-            f"supported modes are {', '.join(PROXY_MODES)} (QuotaGuard Static, an HTTP proxy)",
-            _fix("proxy_mode", "static"),
-        )
-    return mode
+def _reject_removed_keys(context: Mapping[str, Any]) -> None:
+    for key, reason in REMOVED_KEYS.items():
+        if key in context:
+            raise ConfigError(
+                key, context[key], reason, f"Remove it from the context block of cdk.json and from any -c {key}=... option."
+            )
 
 
 def _retention(raw: Any) -> int:

@@ -33,6 +33,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 COMMON_DIR = REPO_ROOT / "functions" / "common"
 REFRESH_DIR = REPO_ROOT / "functions" / "refresh"
 REQUIREMENTS_FILE = REPO_ROOT / "requirements.txt"
+# The packages the shared layer installs at the versions pinned in requirements.txt. PySocks lets
+# urllib3 reach the proxy with a socks5:// or socks5h:// proxy URL (urllib3.contrib.socks).
+LAYER_PACKAGES = ("urllib3", "pysocks")
 
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCHITECTURE = lambda_.Architecture.ARM_64
@@ -105,13 +108,13 @@ class TokenKeeperFunctions(Construct):
         self.shared_layer = lambda_.LayerVersion(
             self,
             "SharedLayer",
-            description="Token Keeper shared code (tokenkeeper package) and urllib3",
+            description="Token Keeper shared code (tokenkeeper package), urllib3 and PySocks",
             code=lambda_.Code.from_asset(
                 str(COMMON_DIR),
                 asset_hash_type=AssetHashType.OUTPUT,
                 bundling=shared_layer_bundling_options(
                     COMMON_DIR / "python" / "tokenkeeper",
-                    [pinned_requirement(REQUIREMENTS_FILE, "urllib3")],
+                    [pinned_requirement(REQUIREMENTS_FILE, package) for package in LAYER_PACKAGES],
                 ),
             ),
             compatible_runtimes=[RUNTIME],
@@ -151,6 +154,8 @@ class TokenKeeperFunctions(Construct):
             on_failure=destinations.SqsDestination(self.refresh_dlq),
         )
         self.grant_token_access(self.refresh)
+        # An event with an "action" field runs the operator's actions, which also scan and delete.
+        storage.grant_operator_actions(self.refresh)
 
     @property
     def token_environment(self) -> Mapping[str, str]:

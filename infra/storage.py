@@ -8,7 +8,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
-__all__ = ["TokenStorage", "HEARTBEAT_INDEX_NAME"]
+__all__ = ["TokenStorage", "HEARTBEAT_INDEX_NAME", "PENDING_EXPIRY_ATTRIBUTE"]
 
 PARTITION_KEY = "connection_id"
 HEARTBEAT_INDEX_NAME = "heartbeat-due"
@@ -17,6 +17,13 @@ HEARTBEAT_PARTITION_KEY = "heartbeat_partition"
 # Epoch seconds of the last successful redemption. The heartbeat reads the oldest first.
 HEARTBEAT_SORT_KEY = "last_redeemed_at"
 HEARTBEAT_PROJECTED_ATTRIBUTES = ["status", "consecutive_failures"]
+# Only pending authorizations (``pending#<state>`` items) carry this attribute: the epoch seconds
+# after which ``connect`` rejects them. DynamoDB time to live deletes them some time after that,
+# typically within a few days. Connection items keep their token expiry in
+# ``access_token_expires_at``, which must never become a time to live attribute.
+# NOTE: the runtime writes this value with a millisecond fraction. The DynamoDB guide requires a
+# Number in epoch seconds and does not say whether it accepts a fraction. No test here can check it.
+PENDING_EXPIRY_ATTRIBUTE = "expires_at"
 
 # The runtime seals tokens with this encryption context key, whose value is the connection id.
 TOKEN_ENCRYPTION_CONTEXT_KEY = "connection_id"
@@ -61,6 +68,7 @@ class TokenStorage(Construct):
                 point_in_time_recovery_enabled=True
             ),
             deletion_protection=True,
+            time_to_live_attribute=PENDING_EXPIRY_ATTRIBUTE,
             # The table stores the only copy of every live refresh token chain.
             removal_policy=RemovalPolicy.RETAIN,
         )
@@ -77,6 +85,19 @@ class TokenStorage(Construct):
         return iam.Grant.add_to_principal(
             grantee=grantee,
             actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            resource_arns=[self.table.table_arn],
+        )
+
+    def grant_operator_actions(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Grant Scan and DeleteItem on the table, for the operator's actions run by the refresh function.
+
+        ``list``, ``refresh`` with ``all_due`` and ``disable`` with ``all`` page through the table
+        with Scan, and ``connect`` deletes the pending authorization it uses. None of them reads
+        the heartbeat index, so the grant names the table only.
+        """
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["dynamodb:Scan", "dynamodb:DeleteItem"],
             resource_arns=[self.table.table_arn],
         )
 

@@ -17,11 +17,12 @@ from aws_cdk.assertions import Annotations, Match
 
 from infra import functions as functions_module
 from infra.bundling import pinned_requirement
-from infra.config import DEFAULTS, ConfigError, StackConfig
+from infra.config import DEFAULTS, ConfigError, StackConfig, load_config
 from infra.functions import REFRESH_TIMEOUT, RUNTIME, powertools_layer_arn
 from infra.heartbeat import WORKER_TIMEOUT
 from infra.monitoring import ALARMED_FAILURE_KINDS
 from infra.stack import TokenKeeperStack
+from infra.storage import PENDING_EXPIRY_ATTRIBUTE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NAG_RULES = Match.string_like_regexp("AwsSolutions-.*")
@@ -158,6 +159,74 @@ def test_table_keys_and_heartbeat_index(synthesized):
     assert types == {"connection_id": "S", "heartbeat_partition": "S", "last_redeemed_at": "N"}
 
 
+def test_table_expires_pending_authorizations(synthesized):
+    _, table = synthesized.only("AWS::DynamoDB::Table")
+
+    assert table["Properties"]["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+
+
+class RecordingDynamoDB:
+    """A DynamoDB client that records the items put and accepts every write."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def put_item(self, **request) -> dict:
+        self.items.append(request["Item"])
+        return {}
+
+
+class PlainCipher:
+    """A cipher stand-in: the test looks at attribute names, not at sealed bytes."""
+
+    def seal(self, connection_id, tokens) -> bytes:
+        return b"sealed"
+
+    def seal_text(self, context_id, text) -> bytes:
+        return b"sealed"
+
+
+def test_ttl_attribute_only_on_pending_items():
+    from tokenkeeper.admin_store import PENDING_PREFIX, AdminStore, PendingAuthorization
+    from tokenkeeper.operations import PENDING_AUTHORIZATION_SECONDS
+    from tokenkeeper.store import STATUS_ACTIVE, Connection
+
+    # GIVEN a pending authorization and a connection written by the runtime's own store
+    database = RecordingDynamoDB()
+    store = AdminStore(database, "connections", PlainCipher())
+    now = 1_800_000_000.0
+    pending = PendingAuthorization(
+        state="state-1",
+        connection_id="org-1",
+        token_host="login.salesforce.com",
+        redirect_uri="https://example.com/callback",
+        code_verifier="verifier",
+        expires_at=now + PENDING_AUTHORIZATION_SECONDS,
+    )
+    connection = Connection(
+        connection_id="org-2",
+        status=STATUS_ACTIVE,
+        version=1,
+        token_host="login.salesforce.com",
+        refresh_token="refresh",
+        access_token="access",
+        access_token_expires_at=now + 7200,
+        last_redeemed_at=now,
+        created_at=now,
+    )
+
+    # WHEN both are stored
+    store.put_pending(pending, now=now)
+    store.create(connection)
+
+    # THEN only the pending item carries the time to live attribute, as epoch seconds
+    pending_item, connection_item = database.items
+    assert pending_item["connection_id"] == {"S": PENDING_PREFIX + "state-1"}
+    assert float(pending_item[PENDING_EXPIRY_ATTRIBUTE]["N"]) == now + 900
+    assert PENDING_EXPIRY_ATTRIBUTE not in connection_item
+    assert "access_token_expires_at" in connection_item
+
+
 def test_storage_keys_rotate_and_are_retained(synthesized):
     storage = synthesized.stack.storage
     keys = synthesized.resources("AWS::KMS::Key")
@@ -257,6 +326,12 @@ def test_refresh_policy_is_exact(synthesized):
             "Effect": "Allow",
             "Resource": get_att_arn(logical_id(synthesized, stack.storage.table)),
         },
+        # The operator's actions: list and the bulk actions scan, connect deletes a pending item.
+        {
+            "Action": ["dynamodb:Scan", "dynamodb:DeleteItem"],
+            "Effect": "Allow",
+            "Resource": get_att_arn(logical_id(synthesized, stack.storage.table)),
+        },
         {
             "Action": "secretsmanager:GetSecretValue",
             "Effect": "Allow",
@@ -344,21 +419,49 @@ def test_refresh_failures_go_to_encrypted_dlq(synthesized):
     assert queue_policy["Properties"]["PolicyDocument"]["Statement"][0]["Effect"] == "Deny"
 
 
-def test_shared_layer_bundles_package_and_urllib3(synthesized):
+def pinned_version(package: str) -> str:
+    return pinned_requirement(REPO_ROOT / "requirements.txt", package).split("==")[1]
+
+
+def shared_layer(synthesized) -> tuple[dict, Path]:
+    """Return the layer's template body and the ``python/`` directory of its bundled asset."""
     layer_id = logical_id(synthesized, synthesized.stack.functions.shared_layer)
     layer = synthesized.resources("AWS::Lambda::LayerVersion")[layer_id]
     # The asset's S3 key is its hash; the assembly stages it as asset.<hash>.
     asset_hash = layer["Properties"]["Content"]["S3Key"].removesuffix(".zip")
-    site = synthesized.assembly_dir / f"asset.{asset_hash}" / "python"
-    urllib3_pin = pinned_requirement(REPO_ROOT / "requirements.txt", "urllib3")
-    urllib3_version = urllib3_pin.split("==")[1]
+    return layer, synthesized.assembly_dir / f"asset.{asset_hash}" / "python"
+
+
+def test_shared_layer_bundles_pinned_packages(synthesized):
+    layer, site = shared_layer(synthesized)
+    dist_infos = {path.name.lower() for path in site.glob("*.dist-info")}
 
     assert (site / "tokenkeeper" / "config.py").is_file()
     assert (site / "urllib3" / "__init__.py").is_file()
-    assert (site / f"urllib3-{urllib3_version}.dist-info").is_dir()
+    # urllib3.contrib.socks imports PySocks as the top-level module socks.
+    assert (site / "urllib3" / "contrib" / "socks.py").is_file()
+    assert (site / "socks.py").is_file()
+    assert dist_infos == {f"urllib3-{pinned_version('urllib3')}.dist-info", f"pysocks-{pinned_version('pysocks')}.dist-info"}
     assert list(site.rglob("__pycache__")) == []
     assert layer["Properties"]["CompatibleRuntimes"] == ["python3.14"]
     assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+
+
+def test_shared_layer_imports_socks_support(synthesized, tmp_path):
+    _, site = shared_layer(synthesized)
+    # Lambda puts a layer's python/ directory on sys.path; here it goes first, as on Lambda.
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import socks, urllib3.contrib.socks; "
+        "print(socks.__file__); print(urllib3.contrib.socks.__file__)"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-I", "-B", "-c", script, str(site)], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(site / "socks.py"), str(site / "urllib3" / "contrib" / "socks.py")]
 
 
 def test_refresh_arn_exported(synthesized):
@@ -1161,7 +1264,6 @@ def test_config_heartbeat_defaults():
         ("enable_callback", "yes"),
         ("enable_callback", 1),
         ("idle_window_days", 0),
-        ("proxy_mode", "shield"),
         ("alarm_email", "ops"),
         ("client_secret_name", "bad name!"),
         ("powertools_layer_version", "latest"),
@@ -1174,6 +1276,25 @@ def test_config_rejects_invalid_value(key, value):
     assert caught.value.key == key
     assert f"{key}=" in str(caught.value)
     assert "cdk.json" in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["static", "shield"])
+def test_config_rejects_removed_proxy_mode(value):
+    with pytest.raises(ConfigError) as caught:
+        StackConfig.from_mapping({"proxy_mode": value})
+
+    assert caught.value.key == "proxy_mode"
+    assert "scheme of the proxy URL secret" in str(caught.value)
+    assert "Remove it from the context block of cdk.json" in str(caught.value)
+
+
+def test_load_config_rejects_removed_proxy_mode():
+    context = {"proxy_mode": "static"}
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(context.get)
+
+    assert caught.value.key == "proxy_mode"
 
 
 def test_config_rejects_threshold_not_below_window():
