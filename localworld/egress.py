@@ -7,12 +7,14 @@ is appended to the file named by ``LOCALWORLD_PROXY_LOG`` so tests can count tun
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import socket
 import threading
 
 import proxy.core.connection.server as proxy_server_connection
+from proxy.http.exception import HttpRequestRejected
 from proxy.http.proxy import HttpProxyBasePlugin
 
 EGRESS_ADDRESSES = ("127.0.0.2", "127.0.0.3")
@@ -50,7 +52,20 @@ class AlternatingEgressPlugin(HttpProxyBasePlugin):
         return None, (source, 0)
 
     def before_upstream_connection(self, request):
+        # The local world must never reach beyond this machine, so only loopback hosts are tunneled.
+        host = (request.host or b"").decode("ascii", errors="replace")
+        if not _is_loopback(host):
+            raise HttpRequestRejected(status_code=403, reason=b"Forbidden: the local proxy serves loopback hosts only")
         return request
 
     def handle_client_request(self, request):
         return request
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -178,6 +178,7 @@ class LocalWorld:
             "TOKENKEEPER_TOKEN_KEY_ID": self.key_id,
             "TOKENKEEPER_CA_BUNDLE": str(self.ca_path),
             "TOKENKEEPER_ALLOW_LOOPBACK_HOSTS": "true",
+            "TOKENKEEPER_EGRESS_ECHO_URL": f"{self.salesforce.base_url}/ip",
             "AWS_ENDPOINT_URL": self.aws.endpoint_url,
             "AWS_DEFAULT_REGION": self.aws.session.region_name,
             "AWS_ACCESS_KEY_ID": "testing",

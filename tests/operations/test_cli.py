@@ -172,3 +172,47 @@ def test_package_main_runs_cli(fresh_world):
 
     assert completed.returncode == EXIT_OK
     assert "check-egress" in completed.stdout
+
+
+def test_cli_invalid_endpoint_is_usage_error(fresh_world):
+    completed = run_cli(fresh_world, "--aws-endpoint-url", "not-a-url", "list")
+
+    assert completed.returncode == EXIT_USAGE
+    assert "--aws-endpoint-url" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("list", "--limit", "0"),
+        ("check-egress", "--expect", "not-an-ip", "--expect", "127.0.0.2"),
+        ("show", "org with spaces"),
+    ],
+)
+def test_cli_invalid_value_is_usage_error(fresh_world, arguments):
+    completed = run_cli(fresh_world, *arguments)
+
+    assert completed.returncode == EXIT_USAGE
+    assert "Traceback" not in completed.stderr
+
+
+def test_cli_failure_prints_one_line_without_logs(fresh_world, new_id):
+    connection_id = new_id()
+    fresh_world.seed_connection(connection_id)
+    fresh_world.set_proxy_url(fresh_world.proxy.url(password="wrong-password-value"))
+
+    completed = run_cli(fresh_world, "refresh", connection_id, "--force")
+
+    assert completed.returncode == EXIT_FAILED
+    assert "407" in completed.stderr
+    assert '{"level"' not in completed.stderr
+    assert '"_aws"' not in completed.stderr + completed.stdout
+
+
+def test_cli_check_egress_uses_configured_echo_url(fresh_world):
+    completed = run_cli(fresh_world, "--json", "check-egress", "--expect", "127.0.0.2", "--expect", "127.0.0.3")
+
+    assert completed.returncode == EXIT_OK
+    result = json.loads(completed.stdout)["result"]
+    assert result["status"] == "ok"

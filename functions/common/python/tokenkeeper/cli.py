@@ -37,6 +37,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # argparse's own status for invalid arguments
 EXIT_WARNING = 3
+# Overrides the IP echo service's URL for check-egress; the local world points it at its emulator.
+ENV_ECHO_URL = "TOKENKEEPER_EGRESS_ECHO_URL"
 
 ENV_AWS_ENDPOINT_URL = "AWS_ENDPOINT_URL"
 
@@ -45,11 +47,12 @@ environment:
   TOKENKEEPER_TABLE_NAME, TOKENKEEPER_CLIENT_SECRET_ID, TOKENKEEPER_PROXY_SECRET_ID and
   TOKENKEEPER_TOKEN_KEY_ID name the deployed table, secrets and KMS key (the stack's outputs).
   AWS credentials and region come from the usual AWS variables or profile.
+  TOKENKEEPER_EGRESS_ECHO_URL replaces check-egress's default IP echo URL.
 
 exit status:
   {EXIT_OK}  the action succeeded
   {EXIT_FAILED}  the action failed, or a bulk action failed for at least one connection
-  {EXIT_USAGE}  the command line is invalid
+  {EXIT_USAGE}  the command line or one of its values is invalid
   {EXIT_WARNING}  check-egress saw only some of the expected addresses
 """
 
@@ -110,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     egress.add_argument("--expect", action="append", required=True, metavar="IP", help="a static IP of the proxy; give both")
-    egress.add_argument("--url", default=DEFAULT_ECHO_URL, help="the IP echo URL, which returns {\"ip\": ...} (default: %(default)s)")
+    egress.add_argument("--url", default=os.environ.get(ENV_ECHO_URL) or DEFAULT_ECHO_URL, help="the IP echo URL, which returns {\"ip\": ...} (default: %(default)s)")
     egress.add_argument("--attempts", type=int, default=DEFAULT_ECHO_ATTEMPTS, help="number of requests (default: %(default)s)")
 
     listing = actions.add_parser("list", help="list connections with status, last redemption, idle days left and failures")
-    listing.add_argument("--limit", type=int, help="print at most this many connections")
+    listing.add_argument("--limit", type=_positive_int, help="print at most this many connections (1 or more)")
 
     show = actions.add_parser("show", help="show one connection's status and timestamps")
     show.add_argument("connection_id")
@@ -157,13 +160,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     options = parser.parse_args(argv)
     _configure_logging(verbose=options.verbose)
+    try:
+        runtime = _build_runtime(options.aws_endpoint_url)
+    except ValueError as exc:
+        # boto3 rejects a malformed endpoint URL with a ValueError that names the value.
+        parser.error(f"--aws-endpoint-url is invalid ({exc}); pass a URL such as http://127.0.0.1:5000.")
+    except TokenKeeperError as exc:
+        _print_error(exc, as_json=options.json)
+        return EXIT_FAILED
     if options.action == "revoke" and not options.yes and not _confirm(options.connection_id):
         print("Not revoked.", file=sys.stderr)
         return EXIT_FAILED
 
     try:
-        operations = Operations(_build_runtime(options.aws_endpoint_url), progress=None if options.quiet else _print_progress)
+        operations = Operations(runtime, progress=None if options.quiet else _print_progress)
         result = _run(operations, options)
+    except InvalidEventError as exc:
+        _print_error(exc, as_json=options.json)
+        return EXIT_USAGE
     except TokenKeeperError as exc:
         _print_error(exc, as_json=options.json)
         return EXIT_FAILED
@@ -199,6 +213,16 @@ def _run(operations: Operations, options: argparse.Namespace) -> dict:
     raise InvalidEventError(f"Unknown action {action!r}.")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def _build_runtime(endpoint_url: str | None) -> Runtime:
     settings = Settings.from_environment()
     session = boto3.session.Session()
@@ -214,7 +238,11 @@ def _configure_logging(*, verbose: bool) -> None:
     handler = logger.registered_handler
     if isinstance(handler, logging.StreamHandler):
         handler.setStream(sys.stderr)
-    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    logger.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    if not verbose:
+        # Powertools reads this at every flush. The CLI reports errors itself, on one line, and the
+        # refresher logs nothing at CRITICAL except a token that could not be stored anywhere.
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 
 
 def _confirm(connection_id: str) -> bool:

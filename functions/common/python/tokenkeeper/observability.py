@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 __all__ = [
     "SERVICE",
@@ -76,6 +77,9 @@ def count_failure(kind: str) -> None:
     A separate metric object carries the ``kind`` dimension, so the invocation's shared metrics
     keep their own dimensions.
     """
+    # single_metric prints its data point without checking POWERTOOLS_METRICS_DISABLED itself.
+    if is_metrics_disabled():
+        return
     with single_metric(
         name=METRIC_FAILURES,
         unit=MetricUnit.Count,
