@@ -21,8 +21,7 @@ HEARTBEAT_PROJECTED_ATTRIBUTES = ["status", "consecutive_failures"]
 # after which ``connect`` rejects them. DynamoDB time to live deletes them some time after that,
 # typically within a few days. Connection items keep their token expiry in
 # ``access_token_expires_at``, which must never become a time to live attribute.
-# NOTE: the runtime writes this value with a millisecond fraction. The DynamoDB guide requires a
-# Number in epoch seconds and does not say whether it accepts a fraction. No test here can check it.
+# The runtime writes it in whole epoch seconds, the form the DynamoDB guide documents.
 PENDING_EXPIRY_ATTRIBUTE = "expires_at"
 
 # The runtime seals tokens with this encryption context key, whose value is the connection id.

@@ -8,6 +8,7 @@ PKCE code verifier waiting for its authorization code) live in the same table un
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -274,7 +275,8 @@ class AdminStore(ConnectionStore):
                     "redirect_uri": {"S": pending.redirect_uri},
                     # Every item keeps its sealed secret in ``tokens``; here it is the code verifier.
                     "tokens": {"B": sealed},
-                    "expires_at": _number(pending.expires_at),
+                    # Whole epoch seconds, the form DynamoDB time to live documents.
+                    "expires_at": _number(math.ceil(pending.expires_at)),
                     "created_at": _number(now),
                 },
                 ConditionExpression="attribute_not_exists(connection_id)",
