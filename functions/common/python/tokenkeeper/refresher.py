@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, TypeVar
 
 from tokenkeeper import observability as obs
 from tokenkeeper.config import LEASE_MARGIN_SECONDS, Settings
@@ -39,6 +39,8 @@ from tokenkeeper.errors import (
 )
 from tokenkeeper.salesforce import SalesforceClient, TokenResponse
 from tokenkeeper.store import STATUS_ACTIVE, Connection, ConnectionStore
+
+T = TypeVar("T")
 
 __all__ = ["AccessToken", "KeepAliveResult", "TokenRefresher", "SOURCE_MEMORY", "SOURCE_STORE", "SOURCE_REDEEMED"]
 
@@ -130,18 +132,65 @@ class TokenRefresher:
                 obs.count(obs.METRIC_CACHE_HITS)
                 return cached
 
-        deadline = self._clock() + self._settings.max_wait_seconds
         seen_version: int | None = None
+
+        def stored_answer(record: Connection) -> AccessToken | None:
+            nonlocal seen_version
+            if seen_version is None:
+                seen_version = record.version
+            # A forced call accepts only a version stored after it began.
+            if force and record.version <= seen_version:
+                return None
+            answer = self._usable(record, min_ttl_seconds, SOURCE_STORE)
+            if answer is None:
+                return None
+            obs.count(obs.METRIC_CACHE_HITS)
+            return self._remember(answer)
+
+        return self._single_flight(
+            connection_id,
+            stored_answer,
+            "try again, and check the refresh function's logs for a slow or failing redemption.",
+        )
+
+    def keep_alive(self, connection_id: str, *, due_before: float) -> KeepAliveResult:
+        """Redeem the refresh token if it was last redeemed before ``due_before`` (epoch seconds).
+
+        This is :meth:`get_token`'s lease and compare-and-swap path with another freshness test:
+        a connection counts as fresh by ``last_redeemed_at``, not by its access token, because
+        Salesforce's idle window only restarts when the refresh token is used. A connection that
+        a caller redeemed meanwhile, before or while this call waited for the lease, is skipped.
+        """
+        _check_arguments(connection_id, 0, False)
+        failures_before: int | None = None
+
+        def skip_if_fresh(record: Connection) -> KeepAliveResult | None:
+            nonlocal failures_before
+            if failures_before is None:
+                failures_before = record.consecutive_failures
+            if (record.last_redeemed_at or 0.0) >= due_before:
+                return KeepAliveResult(connection_id, False, record.version, failures_before)
+            return None
+
+        outcome = self._single_flight(connection_id, skip_if_fresh, "the next heartbeat run tries again.")
+        if isinstance(outcome, KeepAliveResult):
+            return outcome
+        # A stale read ends in the newer version someone else stored, not in a redemption.
+        return KeepAliveResult(connection_id, outcome.source == SOURCE_REDEEMED, outcome.version, failures_before)
+
+    def _single_flight(self, connection_id: str, settled: Callable[[Connection], T | None], advice: str) -> T | AccessToken:
+        """Return ``settled(record)`` once it is not None, or redeem under the lease, or wait.
+
+        Every read is strongly consistent. The caller that takes the lease redeems, and the others
+        wait with backoff until ``settled`` accepts what the lease holder stored or the wait ends.
+        """
+        deadline = self._clock() + self._settings.max_wait_seconds
         waits = 0
         while True:
             record = self._read_active(connection_id)
-            if seen_version is None:
-                seen_version = record.version
-            if record.version > seen_version or not force:
-                answer = self._usable(record, min_ttl_seconds, SOURCE_STORE)
-                if answer:
-                    obs.count(obs.METRIC_CACHE_HITS)
-                    return self._remember(answer)
+            answer = settled(record)
+            if answer is not None:
+                return answer
 
             now = self._clock()
             if not record.lease_is_live(now):
@@ -158,49 +207,7 @@ class TokenRefresher:
             if remaining <= 0:
                 raise LeaseWaitTimeoutError(
                     f"Another caller held the refresh lease of connection {connection_id!r} for longer than "
-                    f"{self._settings.max_wait_seconds:g} s; try again, and check the refresh function's logs "
-                    "for a slow or failing redemption.",
-                    connection_id=connection_id,
-                )
-            self._sleep(min(remaining, self._backoff(waits, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)))
-            waits += 1
-
-    def keep_alive(self, connection_id: str, *, due_before: float) -> KeepAliveResult:
-        """Redeem the refresh token if it was last redeemed before ``due_before`` (epoch seconds).
-
-        This is :meth:`get_token`'s lease and compare-and-swap path with another freshness test:
-        a connection counts as fresh by ``last_redeemed_at``, not by its access token, because
-        Salesforce's idle window only restarts when the refresh token is used. A connection that
-        a caller redeemed meanwhile, before or while this call waited for the lease, is skipped.
-        """
-        _check_arguments(connection_id, 0, False)
-        deadline = self._clock() + self._settings.max_wait_seconds
-        failures_before: int | None = None
-        waits = 0
-        while True:
-            record = self._read_active(connection_id)
-            if failures_before is None:
-                failures_before = record.consecutive_failures
-            if (record.last_redeemed_at or 0.0) >= due_before:
-                return KeepAliveResult(connection_id, False, record.version, failures_before)
-
-            now = self._clock()
-            if not record.lease_is_live(now):
-                owner = f"{self._instance_id}/{uuid.uuid4().hex[:12]}"
-                lease_until = now + self._settings.lease_seconds
-                if self._store.acquire_lease(
-                    connection_id, version=record.version, owner=owner, until=lease_until, now=now
-                ):
-                    token = self._redeem_under_lease(record, owner, lease_until)
-                    # A stale read ends in the newer version someone else stored, not a redemption.
-                    redeemed = token.source == SOURCE_REDEEMED
-                    return KeepAliveResult(connection_id, redeemed, token.version, failures_before)
-
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise LeaseWaitTimeoutError(
-                    f"Another caller held the refresh lease of connection {connection_id!r} for longer than "
-                    f"{self._settings.max_wait_seconds:g} s; the next heartbeat run tries again.",
+                    f"{self._settings.max_wait_seconds:g} s; {advice}",
                     connection_id=connection_id,
                 )
             self._sleep(min(remaining, self._backoff(waits, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS)))
