@@ -159,6 +159,18 @@ def test_revoke_revokes_at_salesforce_and_erases(fresh_world, operations, new_id
     assert_no_tokens(fresh_world, result)
 
 
+def test_show_has_no_idle_days_after_revoke(fresh_world, operations, new_id):
+    connection_id = new_id()
+    fresh_world.seed_connection(connection_id)
+    active = operations.show(connection_id)
+
+    operations.revoke(connection_id)
+    revoked = operations.show(connection_id)
+
+    assert active["idle_days_left"] is not None
+    assert revoked["idle_days_left"] is None
+
+
 def test_revoke_goes_through_proxy(fresh_world, operations, new_id):
     connection_id = new_id()
     fresh_world.seed_connection(connection_id)

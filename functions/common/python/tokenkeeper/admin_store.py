@@ -79,8 +79,12 @@ class ConnectionSummary:
     lease_expires_at: float | None = None
 
     def idle_days_left(self, now: float) -> float | None:
-        """Days until Salesforce's 30-day idle window closes, or None when never redeemed."""
-        if self.last_redeemed_at is None:
+        """Days until Salesforce's 30-day idle window closes, or None when it does not apply.
+
+        It does not apply to a connection that was never redeemed or is no longer active, because
+        no redemption keeps such a chain alive.
+        """
+        if self.last_redeemed_at is None or self.status != STATUS_ACTIVE:
             return None
         return (self.last_redeemed_at + IDLE_WINDOW_SECONDS - now) / 86400
 

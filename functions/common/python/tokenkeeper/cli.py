@@ -317,7 +317,7 @@ def _format_value(key: str, value) -> str:
     if value is None:
         return "-"
     if key.endswith("_at") and isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(value, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
 

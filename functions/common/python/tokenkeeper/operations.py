@@ -331,16 +331,16 @@ class Operations:
             )
         elif not seen:
             status = "failed"
-            message = f"None of the {attempts} requests through the proxy succeeded."
+            message = f"None of {_requests(attempts)} through the proxy succeeded."
         elif missing:
             status = "warning"
             message = (
-                f"Only {', '.join(sorted(seen))} appeared in {attempts} requests; {', '.join(missing)} did not. "
+                f"Only {', '.join(sorted(seen))} appeared in {_requests(attempts)}; {', '.join(missing)} did not. "
                 "Run again with more attempts; both IPs must be on the Refresh Token IP Allowlist either way."
             )
         else:
             status = "ok"
-            message = f"All expected addresses appeared in {attempts} requests, and no other."
+            message = f"All expected addresses appeared in {_requests(attempts)}, and no other."
         return {
             "status": status,
             "message": message,
@@ -713,3 +713,7 @@ def parse_action_request(event: dict) -> tuple[str, dict]:
 def run_action(operations: Operations, name: str, arguments: dict) -> dict:
     """Run the action ``name`` with already validated ``arguments``."""
     return ACTIONS[name].run(operations, **arguments)
+
+
+def _requests(count: int) -> str:
+    return "1 request" if count == 1 else f"{count} requests"
