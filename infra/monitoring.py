@@ -19,30 +19,35 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+import infra.config  # noqa: F401  (puts the runtime package on sys.path)
 from infra.functions import METRICS_NAMESPACE, SERVICE_NAME
+
+# The runtime's own metric names, so an alarm cannot watch a metric the functions do not emit.
+from tokenkeeper.observability import (
+    METRIC_REQUESTS,
+    METRIC_REDEMPTIONS,
+    METRIC_CACHE_HITS,
+    METRIC_FAILURES,
+    METRIC_TOKENS_RESCUED,
+    METRIC_ANNOUNCEMENTS_FAILED,
+    METRIC_HEARTBEAT_DUE,
+    METRIC_HEARTBEAT_REFRESHED,
+    METRIC_HEARTBEAT_SKIPPED,
+    METRIC_HEARTBEAT_FAILED,
+    METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED,
+    METRIC_HEARTBEAT_RECOVERED,
+    METRIC_HEARTBEAT_NOT_STARTED,
+    METRIC_HEARTBEAT_ENQUEUED,
+    METRIC_HEARTBEAT_OLDEST_IDLE,
+)
 
 __all__ = ["TokenKeeperMonitoring", "ALARMED_FAILURE_KINDS"]
 
-METRIC_REQUESTS = "TokenRequests"
-METRIC_REDEMPTIONS = "Redemptions"
-METRIC_CACHE_HITS = "CacheHits"
-METRIC_FAILURES = "RedemptionFailures"
-METRIC_TOKENS_RESCUED = "TokensRescued"
 
 # Failure kinds that need an operator: a configuration problem or a chain that needs the customer
 # to authorize again. Transient kinds are retried by the runtime and only shown on the dashboard.
 ALARMED_FAILURE_KINDS = ("egress_not_allowlisted", "proxy_authentication_failed", "chain_dead")
 
-METRIC_ANNOUNCEMENTS_FAILED = "AnnouncementsFailed"
-METRIC_HEARTBEAT_DUE = "HeartbeatDue"
-METRIC_HEARTBEAT_REFRESHED = "HeartbeatRefreshed"
-METRIC_HEARTBEAT_SKIPPED = "HeartbeatSkipped"
-METRIC_HEARTBEAT_FAILED = "HeartbeatFailed"
-METRIC_HEARTBEAT_REAUTHORIZATION_REQUIRED = "HeartbeatReauthorizationRequired"
-METRIC_HEARTBEAT_RECOVERED = "HeartbeatRecovered"
-METRIC_HEARTBEAT_NOT_STARTED = "HeartbeatNotStarted"
-METRIC_HEARTBEAT_ENQUEUED = "HeartbeatEnqueued"
-METRIC_HEARTBEAT_OLDEST_IDLE = "HeartbeatOldestIdleSeconds"
 # Not emitted by the runtime: a metric filter counts the run summaries whose Query on the
 # heartbeat-due index failed, because such a run still emits HeartbeatOldestIdleSeconds.
 # NOTE: the pattern matches the top-level field that the Powertools logger writes. A test checks

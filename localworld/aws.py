@@ -1,4 +1,4 @@
-"""AWS on loopback: moto in server mode, answering DynamoDB, Secrets Manager, KMS and others over HTTP."""
+"""AWS on loopback: moto in server mode, serving DynamoDB, Secrets Manager, KMS and others over HTTP."""
 
 from __future__ import annotations
 

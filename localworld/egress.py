@@ -1,8 +1,8 @@
 """A proxy.py plugin that makes the local proxy behave like QuotaGuard Static's load-balanced pair.
 
 Each upstream connection leaves from 127.0.0.2 and 127.0.0.3 in turn, so the Salesforce emulator
-sees one of two fixed source addresses, as Salesforce sees one of the two static IPs. Every tunnel
-is appended to the file named by ``LOCALWORLD_PROXY_LOG`` so tests can count tunnels at the proxy.
+receives one of two fixed source addresses, as Salesforce receives one of the two static IPs.
+Every tunnel is appended to the file named by ``LOCALWORLD_PROXY_LOG`` so tests can count tunnels at the proxy.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def load_function(name: str) -> ModuleType:
 
 
 class LocalLambdaApi:
-    """An HTTP server on 127.0.0.1 that answers Lambda's Invoke call with local handlers."""
+    """An HTTP server on 127.0.0.1 that serves Lambda's Invoke call with local handlers."""
 
     def __init__(self, handlers: dict[str, Callable[[dict, LocalContext], dict]]):
         self._handlers = handlers

@@ -138,7 +138,7 @@ def test_refresh_response_without_instance_url_keeps_stored_one(fresh_world, see
     assert after.instance_url
 
 
-def test_proxy_wrong_password_raises_proxy_error_and_changes_nothing(fresh_world, seeded):
+def test_proxy_wrong_password_changes_nothing(fresh_world, seeded):
     runtime = fresh_world.runtime()
     before = runtime.store.get(seeded)
     fresh_world.set_proxy_url(fresh_world.proxy.url(password="not-the-password"))

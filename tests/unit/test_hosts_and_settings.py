@@ -40,7 +40,7 @@ def test_token_host_allows_loopback_only_when_enabled():
         validate_token_host("10.0.0.1:8443", allow_loopback=True)
 
 
-def test_settings_lease_defaults_to_the_longest_redemption_plus_margin():
+def test_settings_default_lease_covers_redemption():
     settings = Settings.from_environment(REQUIRED)
 
     expected = (settings.connect_timeout_seconds + settings.read_timeout_seconds) * settings.redeem_attempts + 10

@@ -21,14 +21,14 @@ __all__ = ["TokenKeeperClient", "RefreshFunctionError"]
 
 
 class RefreshFunctionError(TokenKeeperError):
-    """The refresh function could not be invoked, or it failed without a typed answer."""
+    """The refresh function could not be invoked, or it failed without a typed error."""
 
     kind = "refresh_function_failed"
     retryable = True
 
 
 class TokenKeeperClient:
-    """Invoke the refresh function synchronously and turn its answer into a token or an error."""
+    """Invoke the refresh function synchronously and turn its response into a token or an error."""
 
     def __init__(self, function_name: str, *, lambda_client=None):
         if not function_name:

@@ -36,15 +36,7 @@ class KmsTokenCipher:
 
     def seal(self, connection_id: str, tokens: SealedTokens) -> bytes:
         plaintext = json.dumps({"r": tokens.refresh_token, "a": tokens.access_token}, separators=(",", ":"))
-        try:
-            answer = self._kms.encrypt(
-                KeyId=self._key_id,
-                Plaintext=plaintext.encode("utf-8"),
-                EncryptionContext={ENCRYPTION_CONTEXT_KEY: connection_id},
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise StoreError(f"KMS could not encrypt the tokens ({_code(exc)}).", connection_id=connection_id) from None
-        return answer["CiphertextBlob"]
+        return self._encrypt(connection_id, plaintext, "the tokens")
 
     def open(self, connection_id: str, blob: bytes) -> SealedTokens:
         data = json.loads(self._decrypt(connection_id, blob))
@@ -52,30 +44,33 @@ class KmsTokenCipher:
 
     def seal_text(self, context_id: str, text: str) -> bytes:
         """Seal one secret string, such as a PKCE code verifier, under ``context_id``."""
-        try:
-            answer = self._kms.encrypt(
-                KeyId=self._key_id,
-                Plaintext=text.encode("utf-8"),
-                EncryptionContext={ENCRYPTION_CONTEXT_KEY: context_id},
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise StoreError(f"KMS could not encrypt a value ({_code(exc)}).", connection_id=context_id) from None
-        return answer["CiphertextBlob"]
+        return self._encrypt(context_id, text, "a value")
 
     def open_text(self, context_id: str, blob: bytes) -> str:
         """Open a string sealed by :meth:`seal_text` under the same ``context_id``."""
         return self._decrypt(context_id, blob).decode("utf-8")
 
+    def _encrypt(self, context_id: str, plaintext: str, described: str) -> bytes:
+        try:
+            response = self._kms.encrypt(
+                KeyId=self._key_id,
+                Plaintext=plaintext.encode("utf-8"),
+                EncryptionContext={ENCRYPTION_CONTEXT_KEY: context_id},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"KMS could not encrypt {described} ({_code(exc)}).", connection_id=context_id) from None
+        return response["CiphertextBlob"]
+
     def _decrypt(self, connection_id: str, blob: bytes) -> bytes:
         try:
-            answer = self._kms.decrypt(
+            response = self._kms.decrypt(
                 CiphertextBlob=blob,
                 KeyId=self._key_id,
                 EncryptionContext={ENCRYPTION_CONTEXT_KEY: connection_id},
             )
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"KMS could not decrypt the tokens ({_code(exc)}).", connection_id=connection_id) from None
-        return answer["Plaintext"]
+        return response["Plaintext"]
 
 
 def _code(exc: Exception) -> str:

@@ -76,7 +76,7 @@ class ProxyUrlError(ConfigurationError):
 
 
 class ProxyAuthenticationError(ConfigurationError):
-    """The proxy answered 407: the credentials in the proxy URL are wrong."""
+    """The proxy returned 407: the credentials in the proxy URL are wrong."""
 
     kind = "proxy_authentication_failed"
 
@@ -95,7 +95,7 @@ class EgressBlockedError(ConfigurationError):
 
 
 class ClientCredentialsError(ConfigurationError):
-    """Salesforce answered ``invalid_client``: the consumer key or secret is wrong."""
+    """Salesforce returned ``invalid_client``: the consumer key or secret is wrong."""
 
     kind = "client_misconfigured"
 

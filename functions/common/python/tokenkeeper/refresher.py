@@ -55,8 +55,8 @@ BACKOFF_CAP_SECONDS = 1.0
 REDEEM_BACKOFF_BASE_SECONDS = 0.5
 REDEEM_BACKOFF_CAP_SECONDS = 4.0
 # An estimate of the lease time one DynamoDB write may take, the SDK's own retries included.
-# NOTE: the runtime's AWS client may take longer (connect + read timeout per SDK attempt) when
-# DynamoDB hangs rather than fails; then the rescue write can land after the lease expired.
+# NOTE: a DynamoDB call that hangs instead of failing can take connect + read timeout per SDK
+# attempt, which is longer. The rescue write can then land after the lease expired.
 WRITE_RESERVE_SECONDS = LEASE_MARGIN_SECONDS / 2
 
 
@@ -262,7 +262,7 @@ class TokenRefresher:
 
     def _needed_ttl(self, min_ttl_seconds: int, session_seconds: int | None) -> float:
         # A request for more time than half a session would redeem on every call, because no
-        # access token ever lives that long; it is served with half a session instead.
+        # access token lives that long. Such a request is served with half a session instead.
         session = session_seconds or self._settings.default_session_seconds
         return max(min(min_ttl_seconds, session / 2), self._settings.expiry_leeway_seconds)
 
@@ -533,7 +533,7 @@ class TokenRefresher:
             identity_url=None,
             scope=None,
         )
-        # The rescued access token may have expired; recording it as expired makes the next call
+        # The rescued access token may have expired. Recording it as expired makes the next call
         # redeem the rescued refresh token, which is the newest of the chain.
         saved = self._write_rotation(record, response, rescued.refresh_token, now - 1, now)
         if saved is None:

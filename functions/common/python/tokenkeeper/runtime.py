@@ -24,7 +24,7 @@ from tokenkeeper.transport import ProxyUrl, build_pool
 
 __all__ = ["Runtime", "ContainerSlot"]
 
-# Short AWS timeouts with the SDK's own retries: a slow DynamoDB answer must not eat the lease.
+# Short AWS timeouts with the SDK's own retries, so a slow DynamoDB response cannot use up the lease.
 AWS_CLIENT_CONFIG = Config(
     connect_timeout=2,
     read_timeout=5,

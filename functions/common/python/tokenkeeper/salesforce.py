@@ -1,7 +1,7 @@
 """Salesforce's OAuth endpoints: token, introspect and revoke, and their errors.
 
 Each call here is one HTTP request without retries. The refresh protocol decides what to retry,
-because only it knows whether a retry could replay a rotated refresh token. Responses and
+because only it can tell whether a retry could replay a rotated refresh token. Responses and
 request bodies are never logged: both carry tokens.
 """
 
@@ -69,7 +69,7 @@ class ClientCredentials:
 
 @dataclass(frozen=True)
 class TokenResponse:
-    """A successful token endpoint answer. ``refresh_token`` and ``instance_url`` may be absent."""
+    """A successful token endpoint response. ``refresh_token`` and ``instance_url`` may be absent."""
 
     access_token: str = field(repr=False)
     refresh_token: str | None = field(repr=False)
@@ -131,7 +131,7 @@ def _is_loopback_with_port(host: str) -> bool:
 
 
 class SalesforceClient:
-    """Send OAuth requests to Salesforce through one pool and translate the answers.
+    """Send OAuth requests to Salesforce through one pool and translate the responses.
 
     ``credentials`` is a callable so that a rotated client secret is picked up from the secrets
     cache without rebuilding the client.
@@ -253,7 +253,7 @@ class SalesforceClient:
         """Map a urllib3 failure to the product's error, deciding whether Salesforce may have acted.
 
         urllib3 reports some failures inside an established tunnel as ``ProxyError`` too (it
-        forgets that the tunnel was up once the connection is closed), so the decision rests on
+        resets its tunnel flag when the connection is closed), so the decision rests on
         the innermost cause: only a refused, unreachable or timed-out connection, or a tunnel the
         proxy declined, proves that the request never reached Salesforce. Anything else counts
         as ambiguous.
@@ -264,7 +264,7 @@ class SalesforceClient:
 
         if "Tunnel connection failed: 407" in detail:
             return ProxyAuthenticationError(
-                f"The proxy {proxy_text} answered 407 Proxy Authentication Required: the user name "
+                f"The proxy {proxy_text} returned 407 Proxy Authentication Required: the user name "
                 f"or password in {PROXY_URL_NAME} is wrong. Copy both from the QuotaGuard dashboard "
                 "into the proxy URL secret."
             )
@@ -307,7 +307,7 @@ class SalesforceClient:
             )
         if isinstance(exc, ReadTimeoutError) or any(isinstance(cause, ReadTimeoutError) for cause in causes):
             return SalesforceUnavailableError(
-                f"{host} did not answer within the read timeout; Salesforce may have processed the request.",
+                f"{host} did not respond within the read timeout; Salesforce may have processed the request.",
                 ambiguous=True,
             )
         return SalesforceUnavailableError(
@@ -403,9 +403,9 @@ def _reason(causes: list[BaseException]) -> str:
 
 def _interpret(status: int, content_type: str, data: bytes, host: str, expect_json: bool):
     if len(data) > MAX_RESPONSE_BYTES:
-        raise SalesforceResponseError(f"{host} answered HTTP {status} with a body over {MAX_RESPONSE_BYTES} bytes.")
+        raise SalesforceResponseError(f"{host} returned HTTP {status} with a body over {MAX_RESPONSE_BYTES} bytes.")
     if status >= 500 or status == 429:
-        raise SalesforceUnavailableError(f"{host} answered HTTP {status}; the request will be retried.", ambiguous=True)
+        raise SalesforceUnavailableError(f"{host} returned HTTP {status}; the request will be retried.", ambiguous=True)
     if status == 200 and not expect_json:
         return None
     try:
@@ -414,7 +414,7 @@ def _interpret(status: int, content_type: str, data: bytes, host: str, expect_js
         body = None
     if not isinstance(body, dict):
         raise SalesforceResponseError(
-            f"{host} answered HTTP {status} with a body that is not a JSON object "
+            f"{host} returned HTTP {status} with a body that is not a JSON object "
             f"(Content-Type {content_type or 'missing'}); a proxy or gateway error page is likely."
         )
     if status == 200:

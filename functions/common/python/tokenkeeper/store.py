@@ -1,8 +1,8 @@
 """The connection items in DynamoDB and the conditional writes that keep a token chain whole.
 
 Every write that matters is conditional. The lease write requires that no live lease exists and
-that the version is the one the caller read; the rotation write requires that the version has not
-moved since. A failed condition is an answer, not an error: somebody else got there first.
+that the version is the one the caller read. The rotation write requires that the version has not
+moved since. A failed condition is an outcome, not an error, because another caller got there first.
 """
 
 from __future__ import annotations
